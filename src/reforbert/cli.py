@@ -1,0 +1,61 @@
+"""The ``reforbert`` command: one subcommand per stage of the pipeline.
+
+Each subcommand lives in its own module, which exposes ``configure_parser(parser)`` and
+``run(args) -> int``. Modules are imported only when their command runs, so ``reforbert --help``
+stays fast and a broken optional stage cannot break the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from reforbert.errors import ReforBertInputError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("reforbert.demo", "Run the whole pipeline on the embedded sample data (or on real data)."),
+    "corpus": ("reforbert.data.corpus", "Turn a Wikipedia dump or WikiExtractor output into clean text."),
+    "vocab": ("reforbert.data.vocab", "Train the SentencePiece vocabulary (8000 pieces + 7 specials)."),
+    "pretraining-data": ("reforbert.data.pretraining_data", "Make MLM + NSP pretraining instances."),
+    "pretrain": ("reforbert.pretraining", "Pretrain ReforBertForPreTraining on MLM + NSP."),
+    "plot": ("reforbert.plotting", "Render a run's loss and accuracy curves to PNG."),
+    "finetune": ("reforbert.finetuning", "Fine-tune and evaluate on one of the Korean benchmarks."),
+    "report": ("reforbert.report", "Render the results table from results/*.json."),
+    "data": ("reforbert.tasks.download", "Download benchmark files and verify their checksums."),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reforbert", description="ReforBERT: a Korean BERT on the Reformer.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = next((arg for arg in argv if not arg.startswith("-")), None)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name == wanted:
+            module = importlib.import_module(module_name)
+            module.configure_parser(sub)
+            sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except ReforBertInputError as error:
+        print(f"reforbert {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"reforbert {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
