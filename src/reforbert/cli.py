@@ -28,7 +28,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reforbert", description="ReforBERT: a Korean BERT on the Reformer.")
+    parser = argparse.ArgumentParser(
+        prog="reforbert", description="ReforBERT: a Korean BERT on the Reformer."
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = next((arg for arg in argv if not arg.startswith("-")), None)
     for name, (module_name, help_text) in COMMANDS.items():

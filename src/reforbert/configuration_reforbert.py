@@ -72,12 +72,17 @@ class ReforBertConfig(PretrainedConfig):
         sep_token_id: int = SEP_ID,
         cls_token_id: int = CLS_ID,
         mask_token_id: int = MASK_ID,
+        tie_word_embeddings: bool = True,
         **kwargs,
     ) -> None:
         if attention_backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {attention_backend!r}")
+            raise ValueError(
+                f"attention_backend must be one of {ATTENTION_BACKENDS}, got {attention_backend!r}"
+            )
         if hidden_size % num_attention_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}")
+            raise ValueError(
+                f"hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}"
+            )
         if hidden_size % 2:
             raise ValueError("hidden_size must be even: the axial position embedding splits it in two halves")
         if lsh_bucket_size < 1 or lsh_num_hashes < 1:
@@ -104,7 +109,12 @@ class ReforBertConfig(PretrainedConfig):
         self.cls_token_id = cls_token_id
         self.mask_token_id = mask_token_id
         super().__init__(
-            pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            # The masked-LM decoder shares the word-embedding matrix, as in BERT.
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
         )
 
     @property

@@ -1,0 +1,313 @@
+"""Pretraining throughput: ReforBERT vs Hugging Face BERT of the same shape, and the loop's overhead.
+
+For each model (ReforBERT ``mini`` with full attention; ``BertForPreTraining`` with 4 layers, hidden
+256, 4 heads, feed-forward 1024, SDPA attention) and each precision (fp32, bf16 autocast) this runs
+
+* the pretraining engine (``reforbert.pretraining.pretrain``: data order, dynamic masking,
+  accumulation, clipping, logging) on synthetic full-length shards, and
+* the bare step: the same model, batches collated once beforehand, forward + backward over the
+  same micro-batches and an AdamW step in a plain loop,
+
+and reports tokens/s and MFU of the steps after warm-up, and the engine's overhead over the bare
+step. Targets: ReforBERT (full, bf16) at least 2x BERT fp32 and 1.3x BERT bf16 in tokens/s; the
+engine at most 5% slower than the bare step.
+
+    python benchmarks/pretrain_throughput.py                      # 512 tokens, global batch 128
+    python benchmarks/pretrain_throughput.py --steps 1 --global-batch-size 32   # a quick look
+
+Writes benchmarks/results/pretrain_throughput.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reforbert.configuration_reforbert import CLS_ID, NUM_SPECIAL_TOKENS, SEP_ID, ReforBertConfig
+from reforbert.fileio import atomic_file, sha256_of
+from reforbert.pretraining import count_model_flops_per_token, default_peak_tflops, pretrain
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def make_vocab(folder: Path) -> Path:
+    """A small real vocabulary folder: the engine checks the data's vocabulary fingerprint against it."""
+    from reforbert.data.vocab import train_vocab
+
+    corpus = folder / "corpus.txt"
+    rng = np.random.default_rng(0)
+    syllables = list("가나다라마바사아자차카타파하는을")
+    lines = [" ".join("".join(rng.choice(syllables, size=3)) for _ in range(12)) for _ in range(300)]
+    corpus.write_text("제목\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    return train_vocab([corpus], folder / "vocab", vocab_size=60)
+
+
+def make_shards(folder: Path, vocab_dir: Path, count: int, seq_len: int, vocab_size: int) -> Path:
+    """``count`` random [CLS] A [SEP] B [SEP] instances of exactly ``seq_len`` tokens (no padding)."""
+    from reforbert.data.shards import ShardWriter
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    writer = ShardWriter(folder)
+    a_length = (seq_len - 3) // 2
+    tokens = rng.integers(NUM_SPECIAL_TOKENS, vocab_size, size=(count, seq_len))
+    tokens[:, 0] = CLS_ID
+    tokens[:, a_length + 1] = SEP_ID
+    tokens[:, -1] = SEP_ID
+    writer.add(
+        tokens.reshape(-1),
+        np.full(count, seq_len),
+        np.full(count, a_length + 2),
+        rng.integers(0, 2, size=count),
+    )
+    writer.close(
+        {
+            "vocab_sha256": sha256_of(vocab_dir / "sentencepiece.model"),
+            "vocab_size": vocab_size,
+            "max_seq_len": seq_len,
+        }
+    )
+    return folder
+
+
+def bert_factory(config: ReforBertConfig) -> torch.nn.Module:
+    from transformers import BertConfig, BertForPreTraining
+
+    return BertForPreTraining(
+        BertConfig(
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            num_hidden_layers=config.num_hidden_layers,
+            num_attention_heads=config.num_attention_heads,
+            intermediate_size=config.intermediate_size,
+            max_position_embeddings=512,
+            type_vocab_size=2,
+            pad_token_id=0,
+            attn_implementation="sdpa",
+        )
+    )
+
+
+def reforbert_factory(config: ReforBertConfig) -> torch.nn.Module:
+    from reforbert.modeling_reforbert import ReforBertForPreTraining
+
+    return ReforBertForPreTraining(config)
+
+
+FACTORIES = {"reforbert": reforbert_factory, "bert": bert_factory}
+
+
+def engine_tokens_per_s(run_dir: Path, warmup: int) -> float:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["step_tokens_per_s"] for r in records if "loss" in r and r["step"] > warmup]
+    return len(rates) / sum(1.0 / rate for rate in rates)  # tokens / total time, steps of equal tokens
+
+
+def bare_tokens_per_s(
+    model_name: str,
+    config: ReforBertConfig,
+    data: Path,
+    precision: str,
+    micro_batch_size: int,
+    global_batch_size: int,
+    warmup: int,
+    steps: int,
+) -> float:
+    """Forward + backward over the accumulation micro-batches and AdamW, nothing else."""
+    from reforbert.data.collator import PretrainingCollator
+    from reforbert.data.shards import open_pretraining_data
+
+    torch.manual_seed(0)
+    model = FACTORIES[model_name](config)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    dataset = open_pretraining_data(data)
+    collator = PretrainingCollator(config.vocab_size, seed=0, pad_to_multiple_of=8)
+    batches = [
+        collator([dataset[i] for i in range(start, start + micro_batch_size)])
+        for start in range(0, global_batch_size, micro_batch_size)
+    ]
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    durations = []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        for batch in batches:
+            with autocast:
+                loss = model(**batch, return_dict=True).loss
+            (loss / len(batches)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= warmup:
+            durations.append(time.perf_counter() - start)
+    return tokens * len(durations) / sum(durations)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--seq-len", type=int, default=512, help="Tokens per example (every example is full)."
+    )
+    parser.add_argument("--global-batch-size", type=int, default=128, help="Examples per optimizer step.")
+    parser.add_argument(
+        "--micro-batch-size", type=int, default=32, help="Examples per forward/backward pass."
+    )
+    parser.add_argument("--warmup-steps", type=int, default=1, help="Optimizer steps run before timing.")
+    parser.add_argument("--steps", type=int, default=2, help="Optimizer steps timed after warm-up.")
+    parser.add_argument("--precisions", default="fp32,bf16", help="Comma-separated precisions to measure.")
+    parser.add_argument("--models", default="reforbert,bert", help="Comma-separated models to measure.")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS, help="Where the JSON and Markdown go.")
+    args = parser.parse_args()
+
+    config = ReforBertConfig.from_preset("mini", attention_backend="full")
+    total_steps = args.warmup_steps + args.steps
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        vocab = make_vocab(scratch)
+        data = make_shards(
+            scratch / "shards", vocab, args.global_batch_size * total_steps, args.seq_len, config.vocab_size
+        )
+        for model_name in args.models.split(","):
+            flops = count_model_flops_per_token(
+                FACTORIES[model_name](config),
+                config if model_name == "reforbert" else FACTORIES[model_name](config).config,
+                args.seq_len,
+            )
+            for precision in args.precisions.split(","):
+                peak, peak_source = default_peak_tflops(torch.device("cpu"), precision)
+                run_dir = scratch / f"{model_name}-{precision}"
+                print(f"[{model_name} {precision}] engine ...", file=sys.stderr, flush=True)
+                pretrain(
+                    data,
+                    vocab,
+                    run_dir,
+                    preset="mini",
+                    config_overrides={"attention_backend": "full"},
+                    max_seq_len=args.seq_len,
+                    micro_batch_size=args.micro_batch_size,
+                    global_batch_size=args.global_batch_size,
+                    learning_rate=1e-4,
+                    warmup_steps=0,
+                    max_steps=total_steps,
+                    save_steps=10**9,
+                    eval_fraction=0.0,
+                    precision=precision,
+                    progress=False,
+                    model_factory=FACTORIES[model_name],
+                )
+                engine = engine_tokens_per_s(run_dir, args.warmup_steps)
+                print(f"[{model_name} {precision}] bare step ...", file=sys.stderr, flush=True)
+                bare = bare_tokens_per_s(
+                    model_name,
+                    config,
+                    data,
+                    precision,
+                    args.micro_batch_size,
+                    args.global_batch_size,
+                    args.warmup_steps,
+                    args.steps,
+                )
+                row = {
+                    "model": model_name,
+                    "precision": precision,
+                    "engine_tokens_per_s": engine,
+                    "bare_tokens_per_s": bare,
+                    "engine_overhead": bare / engine - 1.0,
+                    "flops_per_token": flops,
+                    "peak_tflops": peak,
+                    "peak_source": peak_source,
+                    "engine_mfu": engine * flops / (peak * 1e12) if peak else None,
+                }
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+
+    def rate(model: str, precision: str) -> float | None:
+        return next(
+            (r["engine_tokens_per_s"] for r in rows if (r["model"], r["precision"]) == (model, precision)),
+            None,
+        )
+
+    targets = {}
+    reforbert_bf16 = rate("reforbert", "bf16")
+    for name, baseline, goal in (
+        ("vs_bert_fp32", rate("bert", "fp32"), 2.0),
+        ("vs_bert_bf16", rate("bert", "bf16"), 1.3),
+    ):
+        if reforbert_bf16 and baseline:
+            ratio = reforbert_bf16 / baseline
+            targets[name] = {"ratio": ratio, "target": goal, "met": ratio >= goal}
+    result = {
+        "settings": {
+            **vars(args),
+            "output_dir": str(args.output_dir),
+            "reforbert_config": {
+                k: getattr(config, k)
+                for k in (
+                    "num_hidden_layers",
+                    "hidden_size",
+                    "num_attention_heads",
+                    "intermediate_size",
+                    "attention_backend",
+                    "reversible",
+                    "feed_forward_chunk_size",
+                )
+            },
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "rows": rows,
+        "reforbert_bf16_speedup": targets,
+    }
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_file(args.output_dir / "pretrain_throughput.json", "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=2)
+    lines = [
+        "# Pretraining throughput",
+        "",
+        f"Sequence length {args.seq_len}, global batch {args.global_batch_size} (micro-batch "
+        f"{args.micro_batch_size}), {args.steps} timed step(s) after {args.warmup_steps} warm-up step(s); "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}.",
+        "",
+        "| model | precision | engine tokens/s | bare step tokens/s | engine overhead | MFU (engine) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mfu = f"{100 * r['engine_mfu']:.2f}%" if r["engine_mfu"] is not None else "n/a"
+        lines.append(
+            f"| {r['model']} | {r['precision']} | {r['engine_tokens_per_s']:,.0f} | "
+            f"{r['bare_tokens_per_s']:,.0f} | {100 * r['engine_overhead']:+.1f}% | {mfu} |"
+        )
+    lines += [
+        "",
+        "MFU peaks: " + "; ".join(sorted({f"{r['precision']}: {r['peak_source']}" for r in rows})),
+        "",
+    ]
+    for name, target in targets.items():
+        lines.append(
+            f"- ReforBERT bf16 {name.replace('_', ' ')}: {target['ratio']:.2f}x "
+            f"(target {target['target']}x: {'met' if target['met'] else 'not met'})"
+        )
+    with atomic_file(args.output_dir / "pretrain_throughput.md", "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

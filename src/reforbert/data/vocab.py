@@ -1,0 +1,319 @@
+"""``reforbert vocab``: train the SentencePiece vocabulary and write it in two forms.
+
+The folder holds ``sentencepiece.model`` / ``sentencepiece.vocab`` (piece TAB score, the seed's
+layout) and the Hugging Face fast-tokenizer files, so ``AutoTokenizer.from_pretrained(folder)``
+encodes exactly like SentencePiece and adds ``[CLS] A [SEP] B [SEP]`` with token_type_ids.
+
+The 7 specials sit at fixed ids ([PAD]=0 ... [MASK]=6, see ``configuration_reforbert``); the
+requested number of pieces comes on top of them (8000 + 7 = 8007 by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from reforbert.configuration_reforbert import NUM_SPECIAL_TOKENS, SPECIAL_TOKENS
+from reforbert.errors import ReforBertInputError
+from reforbert.fileio import atomic_directory, refuse_to_overwrite
+
+DEFAULT_PIECES = 8000
+# A uniform sample of 100K sentences (about 15 MB of Korean text) is plenty for 8000 pieces; a
+# larger one mostly costs SentencePiece memory and time, which would then grow with the corpus.
+DEFAULT_SAMPLE_SENTENCES = 100_000
+MODEL_FILE = "sentencepiece.model"
+VOCAB_FILE = "sentencepiece.vocab"
+# SentencePiece silently skips longer "sentences"; our sentences are far shorter.
+MAX_SENTENCE_BYTES = 4192
+
+# A sentence ends at . ? ! (optionally followed by a closing quote or bracket) before a space.
+# Korean prose ends nearly every sentence with "다." so this simple rule works well.
+_SENTENCE_END = re.compile(r"(?<=[.?!])[\"'”’)\]]*\s+")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the corpus (per document a title line, then one paragraph per line, blank line between)
+
+
+def check_corpus_files(corpus_files: Iterable[str | Path]) -> list[Path]:
+    files = [Path(file) for file in corpus_files]
+    if not files:
+        raise ReforBertInputError("no corpus files given")
+    for file in files:
+        if not file.is_file():
+            raise ReforBertInputError("no such corpus file", file)
+    return files
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line number, text)`` of a UTF-8 file, naming file and line on invalid bytes."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as error:
+                raise ReforBertInputError(
+                    f"invalid UTF-8 at byte {error.start} of the line", path, number
+                ) from None
+
+
+def iter_documents(path: Path) -> Iterator[list[str]]:
+    """Yield each document's paragraph lines (the title line is dropped, see below)."""
+    document: list[str] = []
+    for _, line in iter_lines(path):
+        if line.strip():
+            document.append(line.strip())
+        elif document:
+            yield document[1:]
+            document = []
+    if document:
+        yield document[1:]
+    # The title is dropped: it is not a sentence and the first paragraph nearly always repeats it.
+
+
+def split_sentences(paragraph: str) -> list[str]:
+    return [sentence for sentence in _SENTENCE_END.split(paragraph) if sentence]
+
+
+def iter_sentences(files: Iterable[Path]) -> Iterator[str]:
+    for file in files:
+        for document in iter_documents(file):
+            for paragraph in document:
+                yield from split_sentences(paragraph)
+
+
+def reservoir_sample(items: Iterable[str], size: int, seed: int) -> tuple[list[str], int]:
+    """Uniform sample of ``size`` items in one pass and bounded memory (Vitter's algorithm R).
+
+    Done here rather than by SentencePiece's own sampler so that the sample, and so the
+    vocabulary, depends only on ``seed`` and the corpus.
+    """
+    rng = random.Random(seed)
+    sample: list[str] = []
+    seen = 0
+    for item in items:
+        seen += 1
+        if len(sample) < size:
+            sample.append(item)
+        else:
+            slot = rng.randrange(seen)
+            if slot < size:
+                sample[slot] = item
+    return sample, seen
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def _too_small_message(error: RuntimeError, pieces: int) -> str | None:
+    match = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(error))
+    if match is not None:
+        smallest = int(match.group(2)) - NUM_SPECIAL_TOKENS
+        return (
+            f"{pieces} pieces cannot hold the corpus's {smallest} distinct characters; "
+            f"use at least --vocab-size {smallest}"
+        )
+    match = re.search(r"Vocabulary size too high \((\d+)\).*<= (\d+)", str(error))
+    if match is None:
+        return None
+    largest = int(match.group(2)) - NUM_SPECIAL_TOKENS
+    return (
+        f"the corpus is too small for {pieces} pieces; the largest vocabulary it supports is "
+        f"--vocab-size {largest} (a real vocabulary needs far more text)"
+    )
+
+
+def _train_sentencepiece(sentence_file: Path, prefix: Path, pieces: int, model_type: str) -> None:
+    import sentencepiece as spm
+
+    specials = list(SPECIAL_TOKENS)
+    spm.SentencePieceTrainer.train(
+        input=str(sentence_file),
+        model_prefix=str(prefix),
+        vocab_size=pieces + NUM_SPECIAL_TOKENS,
+        model_type=model_type,
+        # Korean has thousands of syllables; 0.9995 keeps rare ones out of the vocabulary.
+        character_coverage=0.9995,
+        pad_id=SPECIAL_TOKENS["[PAD]"],
+        pad_piece="[PAD]",
+        unk_id=SPECIAL_TOKENS["[UNK]"],
+        unk_piece="[UNK]",
+        bos_id=SPECIAL_TOKENS["[BOS]"],
+        bos_piece="[BOS]",
+        eos_id=SPECIAL_TOKENS["[EOS]"],
+        eos_piece="[EOS]",
+        # The remaining specials follow the four control pieces, in id order.
+        user_defined_symbols=specials[4:],
+        input_sentence_size=0,  # the sample is already drawn
+        max_sentence_length=MAX_SENTENCE_BYTES,
+        num_threads=os.cpu_count() or 1,
+        minloglevel=2,
+    )
+
+
+def build_fast_tokenizer(model_file: Path, model_max_length: int):
+    """A ``PreTrainedTokenizerFast`` that reproduces SentencePiece's ids and adds BERT's template."""
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import AddedToken
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import SpmConverter
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model_file.read_bytes())
+    scored = [(piece.piece, piece.score) for piece in proto.pieces]
+    if proto.trainer_spec.model_type == sentencepiece_model_pb2.TrainerSpec.BPE:
+        vocab = {piece: index for index, (piece, _) in enumerate(scored)}
+    else:
+        vocab = scored
+    # transformers' own SentencePiece translation: normalizer, dummy prefix, merges by score.
+    tokenizer = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
+    if tokenizer is None:
+        raise RuntimeError(f"cannot convert {model_file} to a fast tokenizer")
+    tokenizer.add_special_tokens(
+        [AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS]
+    )
+    cls, sep = SPECIAL_TOKENS["[CLS]"], SPECIAL_TOKENS["[SEP]"]
+    tokenizer.post_processor = TemplateProcessing(
+        single="[CLS] $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        sep_token="[SEP]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+        model_max_length=model_max_length,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+
+
+def make_readable(folder: Path) -> None:
+    """Give the finished folder the usual permissions (a temporary folder starts private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+
+
+def check_special_ids(folder: Path) -> int:
+    """Verify the fixed special ids in both tokenizers; return the total vocabulary size."""
+    import sentencepiece as spm
+
+    processor = spm.SentencePieceProcessor(model_file=str(folder / MODEL_FILE))
+    for piece, index in SPECIAL_TOKENS.items():
+        if processor.id_to_piece(index) != piece:
+            raise RuntimeError(f"{piece} landed on id {processor.piece_to_id(piece)}, expected {index}")
+    return processor.get_piece_size()
+
+
+def train_vocab(
+    corpus_files: Iterable[str | Path],
+    output_dir: str | Path,
+    *,
+    vocab_size: int = DEFAULT_PIECES,
+    model_type: str = "bpe",
+    sample_sentences: int = DEFAULT_SAMPLE_SENTENCES,
+    seed: int = 0,
+    model_max_length: int = 512,
+    overwrite: bool = False,
+) -> Path:
+    """Train ``vocab_size`` pieces (+ 7 specials) on a seeded sample of the corpus sentences.
+
+    Returns the vocabulary folder. Raises :class:`ReforBertInputError` for a missing, empty or
+    non-UTF-8 corpus, a corpus too small for ``vocab_size``, or an existing ``output_dir``
+    without ``overwrite``.
+    """
+    if model_type not in ("bpe", "unigram"):
+        raise ReforBertInputError(f"model type must be bpe or unigram, not {model_type!r}")
+    if vocab_size < 1:
+        raise ReforBertInputError(f"vocab size must be positive, got {vocab_size}")
+    output_dir = Path(output_dir)
+    files = check_corpus_files(corpus_files)
+    refuse_to_overwrite(output_dir, overwrite)
+
+    sample, seen = reservoir_sample(iter_sentences(files), sample_sentences, seed)
+    if not sample:
+        raise ReforBertInputError("the corpus has no text", files[0] if len(files) == 1 else None)
+
+    with atomic_directory(output_dir) as folder, tempfile.TemporaryDirectory() as scratch:
+        sentence_file = Path(scratch) / "sentences.txt"
+        with open(sentence_file, "w", encoding="utf-8") as handle:
+            for sentence in sample:
+                handle.write(sentence.replace("\n", " ") + "\n")
+        del sample
+        prefix = Path(scratch) / "sentencepiece"
+        try:
+            _train_sentencepiece(sentence_file, prefix, vocab_size, model_type)
+        except RuntimeError as error:
+            message = _too_small_message(error, vocab_size)
+            if message is None:
+                raise
+            raise ReforBertInputError(message, files[0] if len(files) == 1 else None) from None
+        shutil.copyfile(prefix.with_suffix(".model"), folder / MODEL_FILE)
+        shutil.copyfile(prefix.with_suffix(".vocab"), folder / VOCAB_FILE)
+        total = check_special_ids(folder)
+        if total != vocab_size + NUM_SPECIAL_TOKENS:
+            raise RuntimeError(f"trained {total} pieces, expected {vocab_size + NUM_SPECIAL_TOKENS}")
+        build_fast_tokenizer(folder / MODEL_FILE, model_max_length).save_pretrained(folder)
+        make_readable(folder)
+    print(
+        f"vocabulary of {total} pieces ({model_type}) from {len(files)} file(s), "
+        f"{min(seen, sample_sentences)} of {seen} sentences sampled -> {output_dir}"
+    )
+    return output_dir
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("corpus", nargs="+", help="corpus text files (output of `reforbert corpus`)")
+    parser.add_argument("--output", "-o", required=True, help="vocabulary folder to write")
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=DEFAULT_PIECES,
+        help="pieces besides the 7 specials (default %(default)s)",
+    )
+    parser.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
+    parser.add_argument(
+        "--sample-sentences",
+        type=int,
+        default=DEFAULT_SAMPLE_SENTENCES,
+        help="train on a seeded uniform sample of this many sentences (default %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--model-max-length",
+        type=int,
+        default=512,
+        help="the Hugging Face tokenizer's model_max_length (default %(default)s)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    train_vocab(
+        args.corpus,
+        args.output,
+        vocab_size=args.vocab_size,
+        model_type=args.model_type,
+        sample_sentences=args.sample_sentences,
+        seed=args.seed,
+        model_max_length=args.model_max_length,
+        overwrite=args.overwrite,
+    )
+    return 0

@@ -1,0 +1,420 @@
+"""Behaviour of the ReforBERT model: both attention backends, reversible layers, heads, saving, pipelines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForPreTraining,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    PreTrainedTokenizerFast,
+    pipeline,
+)
+
+import reforbert.modeling_reforbert as modeling
+from reforbert import (
+    SPECIAL_TOKENS,
+    ReforBertConfig,
+    ReforBertForMaskedLM,
+    ReforBertForPreTraining,
+    ReforBertForQuestionAnswering,
+    ReforBertForSequenceClassification,
+    ReforBertForTokenClassification,
+    ReforBertModel,
+)
+
+VOCAB = 40
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny tensors: one thread is faster than a contended thread pool, and the results do not change.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_config(**overrides) -> ReforBertConfig:
+    sizes = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        lsh_bucket_size=8,
+        lsh_num_hashes=2,
+        axial_position_shape=(16, 16),
+    )
+    sizes.update(overrides)
+    return ReforBertConfig(**sizes)
+
+
+def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(len(SPECIAL_TOKENS), VOCAB, (batch, length), generator=generator)
+
+
+def encode(model: ReforBertModel, backend: str, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
+    model.config.attention_backend = backend
+    with torch.no_grad():
+        return model(input_ids, **kwargs).last_hidden_state
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attention backends
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_hashes", [1, 3])
+def test_lsh_equals_full_attention_when_one_bucket_spans_the_sequence(num_hashes):
+    torch.manual_seed(0)
+    model = ReforBertModel(tiny_config(lsh_bucket_size=32, lsh_num_hashes=num_hashes)).eval()
+    input_ids = random_ids(2, 27)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 19:] = 0
+    full = encode(model, "full", input_ids, attention_mask=attention_mask)
+    lsh = encode(model, "lsh", input_ids, attention_mask=attention_mask)
+    assert (full - lsh).abs().max().item() <= 1e-5
+
+
+def test_lsh_error_against_full_attention_falls_with_more_hashes():
+    batch, heads, length, head_dim, bucket_size = 2, 4, 128, 16, 16  # 8 chunks of 16
+    key_is_real = torch.ones(batch, length, dtype=torch.bool)
+    bias = modeling.full_attention_bias(key_is_real, torch.float32)
+    mean_errors = []
+    for num_hashes in (1, 2, 4, 8):
+        errors = []
+        for trial in range(6):
+            generator = torch.Generator().manual_seed(trial)
+            queries = torch.randn(batch, heads, length, head_dim, generator=generator)
+            values = torch.randn(batch, heads, length, head_dim, generator=generator)
+            keys = torch.nn.functional.normalize(queries, dim=-1)
+            rotations = torch.randn(heads, head_dim, num_hashes, length // bucket_size, generator=generator)
+            exact = modeling.full_attention(queries, keys, values, bias, dropout=0.0)
+            approximate = modeling.lsh_attention(
+                queries, keys, values, key_is_real, rotations, bucket_size, dropout=0.0, training=False
+            )
+            errors.append((approximate - exact).abs().mean().item())
+        mean_errors.append(sum(errors) / len(errors))
+    pairs = zip(mean_errors, mean_errors[1:], strict=False)
+    assert all(later < earlier for earlier, later in pairs), mean_errors
+
+
+@pytest.mark.parametrize("backend", ["full", "lsh"])
+def test_attention_is_bidirectional(backend):
+    # 24 tokens in chunks of 8: three chunks, each seeing all three, so LSH reaches every position.
+    torch.manual_seed(0)
+    model = ReforBertModel(tiny_config()).eval()
+    input_ids = random_ids(1, 24)
+    changed = input_ids.clone()
+    changed[0, -1] = (input_ids[0, -1] + 1 - len(SPECIAL_TOKENS)) % (VOCAB - len(SPECIAL_TOKENS)) + len(
+        SPECIAL_TOKENS
+    )
+    before = encode(model, backend, input_ids)
+    after = encode(model, backend, changed)
+    assert (before[0, 0] - after[0, 0]).abs().max().item() > 1e-4
+
+
+@pytest.mark.parametrize(("backend", "real", "padded"), [("full", 19, 31), ("lsh", 35, 40), ("lsh", 17, 24)])
+def test_appended_padding_leaves_real_tokens_unchanged(backend, real, padded):
+    # For LSH the padding stays within the last bucket-size multiple, so the hash buckets are the same;
+    # padding is hashed to its own last bucket and masked, so it must not move or touch real tokens.
+    torch.manual_seed(0)
+    model = ReforBertModel(tiny_config()).eval()
+    input_ids = random_ids(1, real)
+    padded_ids = torch.cat([input_ids, torch.zeros(1, padded - real, dtype=torch.long)], dim=1)
+    mask = (torch.arange(padded) < real).long().unsqueeze(0)
+    alone = encode(model, backend, input_ids)
+    with_padding = encode(model, backend, padded_ids, attention_mask=mask)
+    assert (alone - with_padding[:, :real]).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("backend", ["full", "lsh"])
+def test_a_lone_real_token_gets_finite_outputs(backend):
+    torch.manual_seed(0)
+    model = ReforBertModel(tiny_config()).eval()
+    assert torch.isfinite(encode(model, backend, random_ids(1, 1))).all()
+    mask = torch.zeros(1, 12, dtype=torch.long)
+    mask[0, 0] = 1
+    assert torch.isfinite(encode(model, backend, random_ids(1, 12), attention_mask=mask)).all()
+
+
+def test_auto_backend_switches_on_length_and_config_is_read_per_call():
+    torch.manual_seed(0)
+    model = ReforBertModel(tiny_config(full_attention_max_length=16)).eval()
+    short, long = random_ids(1, 16), random_ids(1, 40)
+    assert torch.equal(encode(model, "auto", short), encode(model, "full", short))
+    assert torch.equal(encode(model, "auto", long), encode(model, "lsh", long))
+    assert not torch.allclose(encode(model, "full", long), encode(model, "lsh", long), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_every_length_up_to_2000_runs_in_lsh_mode():
+    config = tiny_config(
+        hidden_size=8, num_attention_heads=1, intermediate_size=8, num_hidden_layers=1,
+        lsh_bucket_size=32, lsh_num_hashes=1, attention_backend="lsh", axial_position_shape=(64, 64),
+    )
+    model = ReforBertModel(config).eval()
+    with torch.no_grad():
+        for length in range(1, 2001):
+            output = model(torch.full((1, length), 9)).last_hidden_state
+            assert output.shape == (1, length, 8), length
+
+
+def test_a_sequence_longer_than_the_position_table_is_refused():
+    model = ReforBertModel(tiny_config(axial_position_shape=(4, 4))).eval()
+    with pytest.raises(ValueError, match="exceeds max_position_embeddings 16"):
+        model(random_ids(1, 17))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reversible layers and chunked feed-forward
+# ---------------------------------------------------------------------------------------------------
+
+
+def _loss_and_grads(
+    model: ReforBertForPreTraining, reversible: bool, inputs: dict
+) -> tuple[float, dict[str, torch.Tensor], int]:
+    """Loss, parameter gradients and the number of elements autograd saved for backward."""
+    model.config.reversible = reversible
+    model.zero_grad()
+    saved = []
+    torch.manual_seed(1234)  # same dropout masks and LSH rotations for both runs
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        loss = model(**inputs).loss
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return loss.item(), grads, sum(saved)
+
+
+@pytest.mark.parametrize("backend", ["lsh", "full"])
+def test_reversible_gradients_equal_ordinary_backprop_with_dropout(backend):
+    torch.manual_seed(0)
+    config = tiny_config(
+        num_hidden_layers=3,
+        attention_backend=backend,
+        hidden_dropout_prob=0.2,
+        attention_probs_dropout_prob=0.2,
+    )
+    model = ReforBertForPreTraining(config).train()
+    input_ids = random_ids(2, 30)
+    labels = torch.where(torch.rand(input_ids.shape) < 0.3, input_ids, torch.full_like(input_ids, -100))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 25:] = 0
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    inputs["next_sentence_label"] = torch.tensor([0, 1])
+    plain_loss, plain_grads, plain_saved = _loss_and_grads(model, False, inputs)
+    reversible_loss, reversible_grads, reversible_saved = _loss_and_grads(model, True, inputs)
+
+    assert reversible_saved < plain_saved / 2  # the reversible run really kept fewer activations
+    assert reversible_loss == pytest.approx(plain_loss, abs=1e-6)
+    assert plain_grads.keys() == reversible_grads.keys()
+    assert len(plain_grads) == sum(1 for _ in model.parameters())
+    for name, plain in plain_grads.items():
+        error = (reversible_grads[name] - plain).norm() / plain.norm().clamp_min(1e-12)
+        assert error.item() <= 1e-4, name
+    # A different seed gives different dropout and hashes, so the replay above was not vacuous.
+    model.config.reversible = True
+    torch.manual_seed(99)
+    assert model(**inputs).loss.item() != pytest.approx(plain_loss, abs=1e-6)
+
+
+def test_reversible_path_works_under_bfloat16_autocast():
+    torch.manual_seed(0)
+    model = ReforBertForPreTraining(tiny_config(attention_backend="lsh")).train()
+    input_ids = random_ids(2, 20)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids, labels=input_ids, next_sentence_label=torch.tensor([1, 0])).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("backend", ["full", "lsh"])
+def test_chunked_feed_forward_equals_unchunked(backend):
+    torch.manual_seed(0)
+    model = ReforBertModel(tiny_config()).eval()
+    input_ids = random_ids(2, 29)
+    whole = encode(model, backend, input_ids)
+    model.config.feed_forward_chunk_size = 4
+    chunked = encode(model, backend, input_ids)
+    assert (whole - chunked).abs().max().item() <= 1e-6
+
+
+# ---------------------------------------------------------------------------------------------------
+# Heads
+# ---------------------------------------------------------------------------------------------------
+
+
+def _head_cases() -> list[tuple[type, dict, dict]]:
+    ids = random_ids(2, 12, seed=3)
+    mlm_labels = torch.full_like(ids, -100)
+    mlm_labels[:, [2, 5]] = ids[:, [2, 5]]
+    return [
+        (ReforBertForPreTraining, {}, dict(labels=mlm_labels, next_sentence_label=torch.tensor([0, 1]))),
+        (ReforBertForMaskedLM, {}, dict(labels=mlm_labels)),
+        (ReforBertForSequenceClassification, {"num_labels": 3}, dict(labels=torch.tensor([2, 0]))),
+        (ReforBertForSequenceClassification, {"num_labels": 1}, dict(labels=torch.tensor([0.5, 3.0]))),
+        (ReforBertForTokenClassification, {"num_labels": 5}, dict(labels=torch.randint(0, 5, ids.shape))),
+        (
+            ReforBertForQuestionAnswering,
+            {},
+            dict(start_positions=torch.tensor([1, 3]), end_positions=torch.tensor([2, 40])),
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("model_class", "config_overrides", "targets"), _head_cases())
+@pytest.mark.parametrize("reversible", [True, False])
+def test_every_head_returns_a_loss_that_backpropagates(model_class, config_overrides, targets, reversible):
+    torch.manual_seed(0)
+    model = model_class(tiny_config(reversible=reversible, **config_overrides)).train()
+    ids = random_ids(2, 12, seed=3)
+    output = model(ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids), **targets)
+    assert output.loss.dim() == 0 and torch.isfinite(output.loss)
+    output.loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.reforbert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_pretraining_scores_only_masked_positions_and_sums_its_losses():
+    torch.manual_seed(0)
+    model = ReforBertForPreTraining(tiny_config()).eval()
+    ids = random_ids(2, 12)
+    labels = torch.full_like(ids, -100)
+    labels[0, 3] = ids[0, 3]
+    labels[1, [1, 7]] = ids[1, [1, 7]]
+    output = model(ids, labels=labels, next_sentence_label=torch.tensor([1, 0]))
+    assert output.prediction_logits.shape == (3, VOCAB)
+    assert output.seq_relationship_logits.shape == (2, 2)
+    assert torch.allclose(output.loss, output.mlm_loss + output.nsp_loss)
+    everywhere = model(ids).prediction_logits
+    assert everywhere.shape == (2, 12, VOCAB)
+    assert torch.allclose(everywhere[labels != -100], output.prediction_logits, atol=1e-5)
+    only_mlm = model(ids, labels=labels)
+    assert only_mlm.nsp_loss is None and torch.equal(only_mlm.loss, only_mlm.mlm_loss)
+    as_tuple = model(ids, return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], everywhere)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Saving, loading, Auto classes and pipelines
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model_class", "auto_class"),
+    [
+        (ReforBertModel, AutoModel),
+        (ReforBertForPreTraining, AutoModelForPreTraining),
+        (ReforBertForMaskedLM, AutoModelForMaskedLM),
+        (ReforBertForSequenceClassification, AutoModelForSequenceClassification),
+        (ReforBertForTokenClassification, AutoModelForTokenClassification),
+        (ReforBertForQuestionAnswering, AutoModelForQuestionAnswering),
+    ],
+)
+def test_save_and_load_round_trip_is_exact(tmp_path: Path, model_class, auto_class):
+    torch.manual_seed(0)
+    model = model_class(tiny_config(attention_backend="lsh")).eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), ReforBertConfig)
+    loaded = auto_class.from_pretrained(tmp_path).eval()
+    assert type(loaded) is model_class
+    assert loaded.config.attention_backend == "lsh"
+    ids = random_ids(2, 21)
+    with torch.no_grad():
+        expected, actual = model(ids).to_tuple(), loaded(ids).to_tuple()
+    assert len(expected) == len(actual)
+    for a, b in zip(expected, actual, strict=True):
+        assert torch.equal(a, b)
+    if hasattr(loaded, "lm_head"):
+        assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
+
+
+def _tiny_tokenizer() -> PreTrainedTokenizerFast:
+    words = ["나는", "학교에", "간다", "오늘", "날씨가", "좋다"]
+    vocab = {**SPECIAL_TOKENS, **{word: len(SPECIAL_TOKENS) + i for i, word in enumerate(words)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", SPECIAL_TOKENS["[CLS]"]), ("[SEP]", SPECIAL_TOKENS["[SEP]"])],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]",
+        sep_token="[SEP]", cls_token="[CLS]", mask_token="[MASK]",
+    )
+
+
+def test_fill_mask_pipeline_runs(tmp_path: Path):
+    tokenizer = _tiny_tokenizer()
+    torch.manual_seed(0)
+    model = ReforBertForMaskedLM(tiny_config(vocab_size=len(tokenizer)))
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    fill_mask = pipeline("fill-mask", model=str(tmp_path), tokenizer=str(tmp_path))
+    predictions = fill_mask("나는 [MASK] 간다", top_k=3)
+    assert len(predictions) == 3
+    assert all(0.0 <= p["score"] <= 1.0 for p in predictions)
+    assert {p["token"] for p in predictions} <= set(range(len(tokenizer)))
+
+
+@pytest.mark.parametrize(("backend", "bucket_size"), [("full", 0), ("lsh", 16), ("lsh", 4)])
+def test_a_token_attends_to_itself_only_when_nothing_else_is_available(backend, bucket_size):
+    # With the identity as values, each output row is the query's attention distribution.
+    length = 16
+    generator = torch.Generator().manual_seed(0)
+    queries = 3 * torch.randn(1, 2, length, length, generator=generator)
+    keys = torch.nn.functional.normalize(queries, dim=-1)
+    values = torch.eye(length).expand(1, 2, length, length)
+
+    def attention_weights(key_is_real: torch.Tensor) -> torch.Tensor:
+        if backend == "full":
+            bias = modeling.full_attention_bias(key_is_real, torch.float32)
+            return modeling.full_attention(queries, keys, values, bias, dropout=0.0)
+        rotations = torch.randn(2, length, 2, length // bucket_size, generator=generator)
+        return modeling.lsh_attention(queries, keys, values, key_is_real, rotations, bucket_size, 0.0, False)
+
+    weights = attention_weights(torch.ones(1, length, dtype=torch.bool))
+    assert torch.allclose(weights.sum(-1), torch.ones(1, 2, length), atol=1e-5)
+    assert weights.diagonal(dim1=-2, dim2=-1).max().item() < 1e-6
+    lone = torch.zeros(1, length, dtype=torch.bool)
+    lone[0, 5] = True
+    weights = attention_weights(lone)
+    assert torch.allclose(weights[..., 5, 5], torch.ones(1, 2))
+
+
+def test_a_pretraining_checkpoint_loads_as_a_masked_lm_with_the_same_predictions(tmp_path: Path):
+    torch.manual_seed(0)
+    pretraining = ReforBertForPreTraining(tiny_config()).eval()
+    pretraining.save_pretrained(tmp_path)
+    masked_lm = AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
+    ids = random_ids(1, 10)
+    with torch.no_grad():
+        assert torch.equal(masked_lm(ids).logits, pretraining(ids).prediction_logits)
+
+
+@pytest.mark.parametrize("reversible", [True, False])
+def test_hidden_states_are_returned_on_request(reversible):
+    torch.manual_seed(0)
+    model = ReforBertModel(tiny_config(num_hidden_layers=3, reversible=reversible)).eval()
+    ids = random_ids(2, 9)
+    output = model(ids, output_hidden_states=True)  # with grad enabled: the reversible case steps aside
+    assert len(output.hidden_states) == 4
+    assert all(state.shape == (2, 9, 32) for state in output.hidden_states)
+    assert torch.equal(output.hidden_states[-1], output.last_hidden_state)
+    assert torch.allclose(output.last_hidden_state, model(ids).last_hidden_state, atol=1e-6)
+    assert model(ids).hidden_states is None

@@ -1,0 +1,451 @@
+"""Pretraining engine: exact resume, checkpoint safety, distributed equivalence, outputs.
+
+Everything runs a 2-layer, hidden-32 model on a few dozen synthetic instances on the CPU in fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reforbert.configuration_reforbert import CLS_ID, NUM_SPECIAL_TOKENS, SEP_ID
+from reforbert.errors import ReforBertInputError
+from reforbert.fileio import sha256_of
+
+PIECES = 60
+VOCAB_SIZE = PIECES + NUM_SPECIAL_TOKENS
+TINY = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "vocab_size": VOCAB_SIZE,
+    "axial_position_shape": [8, 8],
+    "attention_backend": "full",
+}
+# Few steps, but enough to cross a checkpoint, an epoch boundary and a learning-rate change.
+COMMON = dict(
+    preset="tiny",
+    config_overrides=TINY,
+    max_seq_len=64,
+    micro_batch_size=2,
+    global_batch_size=4,
+    learning_rate=1e-3,
+    warmup_steps=2,
+    schedule="linear",
+    eval_fraction=0.0,
+    precision="fp32",
+    seed=3,
+    progress=False,
+)
+
+
+@pytest.fixture(scope="session")
+def vocab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from reforbert.data.vocab import train_vocab
+
+    folder = tmp_path_factory.mktemp("vocab")
+    corpus = folder / "corpus.txt"
+    rng = np.random.default_rng(0)
+    syllables = [
+        "가",
+        "나",
+        "다",
+        "라",
+        "마",
+        "바",
+        "사",
+        "아",
+        "자",
+        "차",
+        "카",
+        "타",
+        "파",
+        "하",
+        "는",
+        "을",
+    ]
+    lines = [
+        " ".join("".join(rng.choice(syllables, size=rng.integers(1, 4))) for _ in range(12))
+        for _ in range(400)
+    ]
+    corpus.write_text("제목\n" + "\n".join(lines) + "\n", encoding="utf-8")  # one document: title + lines
+    return train_vocab([corpus], folder / "vocab", vocab_size=PIECES)
+
+
+def write_shards(folder: Path, vocab_dir: Path, count: int, seed: int = 0) -> Path:
+    """``count`` random [CLS] A [SEP] B [SEP] instances of 10..30 tokens, through the shard writer."""
+    from reforbert.data.shards import ShardWriter
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    writer = ShardWriter(folder)
+    tokens, lengths, boundaries = [], [], []
+    for _ in range(count):
+        a = rng.integers(NUM_SPECIAL_TOKENS, VOCAB_SIZE, size=rng.integers(4, 13))
+        b = rng.integers(NUM_SPECIAL_TOKENS, VOCAB_SIZE, size=rng.integers(4, 13))
+        ids = np.concatenate([[CLS_ID], a, [SEP_ID], b, [SEP_ID]])
+        tokens.append(ids)
+        lengths.append(len(ids))
+        boundaries.append(len(a) + 2)
+    writer.add(
+        np.concatenate(tokens), np.array(lengths), np.array(boundaries), rng.integers(0, 2, size=count)
+    )
+    writer.close(
+        {
+            "vocab_sha256": sha256_of(vocab_dir / "sentencepiece.model"),
+            "vocab_size": VOCAB_SIZE,
+            "max_seq_len": 64,
+        }
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, vocab_dir: Path) -> Path:
+    return write_shards(tmp_path_factory.mktemp("data") / "shards", vocab_dir, count=24)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=name)
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, vocab_dir: Path) -> Path:
+    """An uninterrupted 8-step run (2 epochs of 6 steps would need 24 train examples: it has 24)."""
+    from reforbert.pretraining import pretrain
+
+    run_dir = tmp_path_factory.mktemp("runs") / "reference"
+    pretrain(
+        data_dir, vocab_dir, run_dir, max_steps=8, save_steps=3, save_total_limit=2, eval_steps=4, **COMMON
+    )
+    return run_dir
+
+
+def cli_command(data_dir: Path, vocab_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "reforbert.cli",
+        "pretrain",
+        "--data",
+        str(data_dir),
+        "--vocab",
+        str(vocab_dir),
+        "--output",
+        str(run_dir),
+        "--preset",
+        "tiny",
+        "--attention",
+        "full",
+        "--max-seq-len",
+        "64",
+        "--micro-batch-size",
+        "2",
+        "--global-batch-size",
+        "4",
+        "--learning-rate",
+        "1e-3",
+        "--warmup-steps",
+        "2",
+        "--eval-fraction",
+        "0",
+        "--precision",
+        "fp32",
+        "--seed",
+        "3",
+        "--max-steps",
+        "8",
+        "--save-steps",
+        "3",
+        "--save-total-limit",
+        "2",
+        *[
+            arg
+            for key, value in TINY.items()
+            if key != "attention_backend"
+            for arg in ("--config", f"{key}={json.dumps(value)}")
+        ],
+        *extra,
+    ]
+
+
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_run_folder_has_model_metrics_and_rotated_checkpoints(reference_run: Path) -> None:
+    from transformers import AutoModel, AutoModelForPreTraining, AutoTokenizer
+
+    import reforbert  # noqa: F401 - registers the Auto classes
+
+    checkpoints = sorted(p.name for p in (reference_run / "checkpoints").iterdir())
+    assert checkpoints == ["step-6", "step-8"]  # saved at 3, 6 and the final 8; the limit keeps 2
+    records = [json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 9))
+    for key in ("loss", "mlm_loss", "nsp_loss", "lr", "tokens_seen", "tokens_per_s", "mfu", "elapsed"):
+        assert key in train[0], key
+    assert train[-1]["tokens_seen"] > train[0]["tokens_seen"] > 0
+    assert train[0]["lr"] < train[1]["lr"]  # warm-up
+    assert all(np.isfinite(r["loss"]) for r in train)
+    assert (reference_run / "tensorboard").is_dir() and any((reference_run / "tensorboard").iterdir())
+
+    model = AutoModelForPreTraining.from_pretrained(reference_run / "model")
+    assert type(model).__name__ == "ReforBertForPreTraining"
+    encoder = AutoModel.from_pretrained(reference_run / "model")
+    tokenizer = AutoTokenizer.from_pretrained(reference_run / "model")
+    encoded = tokenizer("가나 다라", "마바", return_tensors="pt")
+    with torch.no_grad():
+        hidden = encoder(**encoded).last_hidden_state
+    assert hidden.shape == (1, encoded["input_ids"].shape[1], 32)
+
+
+def test_eval_metrics_are_logged_with_held_out_data(tmp_path: Path, data_dir: Path, vocab_dir: Path) -> None:
+    from reforbert.pretraining import pretrain
+
+    eval_dir = write_shards(tmp_path / "eval", vocab_dir, count=6, seed=1)
+    run_dir = tmp_path / "run"
+    pretrain(
+        data_dir,
+        vocab_dir,
+        run_dir,
+        max_steps=2,
+        save_steps=2,
+        eval_steps=1,
+        eval_data=eval_dir,
+        **{
+            **COMMON,
+            "config_overrides": {
+                **TINY,
+                "attention_backend": "lsh",
+                "lsh_bucket_size": 4,
+                "lsh_num_hashes": 2,
+            },
+            "nsp": False,
+        },
+    )
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval_mlm_loss" in r]
+    assert [r["step"] for r in evals] == [1, 2]
+    assert 0.0 <= evals[-1]["eval_mlm_accuracy"] <= 1.0 and np.isfinite(evals[-1]["eval_mlm_loss"])
+    assert "eval_nsp_accuracy" not in evals[-1]  # --no-nsp
+    assert all(r["nsp_loss"] is None for r in records if "loss" in r)
+
+
+# Runs the CLI with a pause after every optimizer step (numerics untouched), so that the test can
+# reliably SIGKILL it in the middle of training however fast the machine is.
+SLOW_CLI = """
+import sys, time
+from reforbert import cli, pretraining
+train_step = pretraining._train_step
+def paused_train_step(*args, **kwargs):
+    record = train_step(*args, **kwargs)
+    time.sleep(0.3)
+    return record
+pretraining._train_step = paused_train_step
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path, reference_run: Path
+) -> None:
+    from reforbert.pretraining import pretrain
+
+    run_dir = tmp_path / "killed"
+    command = [
+        sys.executable,
+        "-c",
+        SLOW_CLI,
+        *cli_command(data_dir, vocab_dir, run_dir, "--eval-steps", "4")[3:],
+    ]
+    process = subprocess.Popen(
+        command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    # Kill at an arbitrary step after the first checkpoint (step 3) and before the end (step 8).
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        steps = losses(run_dir) if (run_dir / "metrics.jsonl").exists() else {}
+        if (run_dir / "checkpoints" / "step-3").is_dir() and max(steps, default=0) >= 4:
+            break
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "model").exists()
+    assert max(losses(run_dir)) < 8
+    # A checkpoint half-written when the kill came must be ignored by --resume.
+    half = run_dir / "checkpoints" / ".step-9.abc123.tmp"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"\0" * 10)
+
+    pretrain(
+        data_dir,
+        vocab_dir,
+        run_dir,
+        max_steps=8,
+        save_steps=3,
+        save_total_limit=2,
+        eval_steps=4,
+        resume=True,
+        **COMMON,
+    )
+    reference, again = losses(reference_run), losses(run_dir)
+    assert sorted(again) == list(range(1, 9))
+    for step in reference:
+        assert abs(reference[step] - again[step]) <= 1e-6, (step, reference[step], again[step])
+    assert_same_weights(final_weights(reference_run), final_weights(run_dir), atol=1e-6)
+    assert not half.exists()
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path: Path, data_dir: Path, vocab_dir: Path) -> None:
+    from reforbert.pretraining import pretrain
+
+    (tmp_path / "run" / "checkpoints" / ".step-3.x.tmp").mkdir(parents=True)  # only a half-written one
+    with pytest.raises(ReforBertInputError, match="no complete checkpoint"):
+        pretrain(data_dir, vocab_dir, tmp_path / "run", max_steps=2, resume=True, **COMMON)
+
+
+def test_existing_output_is_refused_without_resume_or_overwrite(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from reforbert import cli
+    from reforbert.pretraining import pretrain
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    with pytest.raises(ReforBertInputError, match="already exists"):
+        pretrain(data_dir, vocab_dir, run_dir, max_steps=1, **COMMON)
+    assert cli.main(cli_command(data_dir, vocab_dir, run_dir)[3:]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (run_dir / "notes.txt").read_text() == "mine"
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reforbert import pretraining
+    from reforbert.modeling_reforbert import ReforBertForPreTraining
+
+    original = ReforBertForPreTraining.forward
+    calls = {"n": 0}
+
+    def forward_that_diverges(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        output = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 6:  # 2 micro-batches per step: step 4 diverges
+            output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(ReforBertForPreTraining, "forward", forward_that_diverges)
+    run_dir = tmp_path / "run"
+    with pytest.raises(pretraining.NonFiniteLossError, match="step 4.*step-2"):
+        pretraining.pretrain(data_dir, vocab_dir, run_dir, max_steps=8, save_steps=2, **COMMON)
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-2"]
+    assert not (run_dir / "model").exists()
+    state = json.loads((run_dir / "checkpoints" / "step-2" / "trainer_state.json").read_text())
+    assert state["step"] == 2
+    assert max(losses(run_dir)) == 3
+
+
+def test_out_of_memory_names_the_levers(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reforbert import pretraining
+    from reforbert.modeling_reforbert import ReforBertForPreTraining
+
+    def forward_out_of_memory(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(ReforBertForPreTraining, "forward", forward_out_of_memory)
+    with pytest.raises(pretraining.PretrainingOutOfMemory) as caught:
+        pretraining.pretrain(data_dir, vocab_dir, tmp_path / "run", max_steps=2, **COMMON)
+    for lever in ("--reversible", "--ff-chunk-size", "--micro-batch-size", "--attention lsh"):
+        assert lever in str(caught.value)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path: Path, data_dir: Path, vocab_dir: Path) -> None:
+    """torchrun-style gloo run on 2 CPU processes (micro-batch 2 each) = 1 process accumulating 2 x 2."""
+    from reforbert.pretraining import pretrain
+
+    single = tmp_path / "single"
+    pretrain(data_dir, vocab_dir, single, max_steps=3, save_steps=3, **COMMON)
+    double = tmp_path / "double"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "reforbert.cli",
+        *cli_command(data_dir, vocab_dir, double, "--max-steps", "3")[3:],
+    ]
+    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stderr
+    one, two = losses(single), losses(double)
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    for step in one:
+        assert abs(one[step] - two[step]) <= 1e-5
+    assert_same_weights(final_weights(single), final_weights(double), atol=1e-5)
+
+
+def test_plot_draws_one_and_several_runs(tmp_path: Path, reference_run: Path) -> None:
+    from reforbert import cli
+    from reforbert.plotting import plot_runs
+
+    assert cli.main(["plot", str(reference_run)]) == 0
+    assert (reference_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    both = plot_runs([reference_run, reference_run], tmp_path / "compare.png", labels=["a", "b"])
+    assert both.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ReforBertInputError, match="metrics.jsonl"):
+        plot_runs([tmp_path], tmp_path / "none.png")
+
+
+def test_bf16_autocast_trains_on_cpu_and_resume_refuses_changed_settings(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path
+) -> None:
+    from reforbert.pretraining import pretrain
+
+    run_dir = tmp_path / "run"
+    summary = pretrain(
+        data_dir, vocab_dir, run_dir, max_steps=1, save_steps=1, **{**COMMON, "precision": "bf16"}
+    )
+    assert np.isfinite(summary["loss"]) and "bf16" in (run_dir / "run_settings.json").read_text()
+    with pytest.raises(ReforBertInputError, match="global_batch_size"):
+        pretrain(data_dir, vocab_dir, run_dir, max_steps=2, resume=True, **{**COMMON, "global_batch_size": 8})
