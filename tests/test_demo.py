@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from reforbert.data.vocab import iter_documents
-from reforbert.demo import SAMPLE_CORPUS_DIR, SAMPLE_SENTIMENT_DIR, run_demo, sample_corpus_files
+from reforbert.demo import (
+    SAMPLE_CORPUS_DIR,
+    SAMPLE_SENTIMENT_DIR,
+    resolve_inputs,
+    run_demo,
+    sample_corpus_files,
+)
 from reforbert.errors import ReforBertInputError
 from reforbert.tasks import get_task
 
@@ -75,6 +82,43 @@ def test_demo_rejects_corpus_together_with_data_dir(tmp_path: Path) -> None:
     with pytest.raises(ReforBertInputError, match="not both"):
         run_demo(tmp_path / "demo", corpus=tmp_path, data_dir=tmp_path, quick=True)
     assert not (tmp_path / "demo").exists()
+
+
+def test_demo_rejects_an_unknown_preset_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ReforBertInputError, match="unknown preset"):
+        run_demo(tmp_path / "demo", preset="huge", quick=True)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_tells_clean_text_from_wikipedia_input(tmp_path: Path) -> None:
+    clean = tmp_path / "clean.txt"
+    clean.write_text("제목\n첫 문단이다.\n", encoding="utf-8")
+    inputs = resolve_inputs(clean, None)
+    assert inputs.raw_corpus is None and inputs.corpus_files == [clean] and not inputs.is_sample_corpus
+    extracted = tmp_path / "AA"
+    extracted.mkdir()
+    wiki_file = extracted / "wiki_00"
+    wiki_file.write_text('<doc id="1" title="제목">\n제목\n문단이다.\n</doc>\n', encoding="utf-8")
+    inputs = resolve_inputs(extracted, None)
+    assert inputs.raw_corpus == extracted and inputs.corpus_files == []
+    # Fine-tuning stays on the embedded sentiment set.
+    assert inputs.sentiment_train.parent == SAMPLE_SENTIMENT_DIR and inputs.sentiment_eval is not None
+
+
+def test_demo_data_dir_needs_kowiki_and_nsmc(tmp_path: Path) -> None:
+    with pytest.raises(ReforBertInputError, match="kowiki"):
+        resolve_inputs(None, tmp_path)
+
+
+def test_demo_data_dir_uses_the_shared_layout() -> None:
+    default = Path(__file__).parents[1].parent / "shared" / "data"
+    shared = Path(os.environ.get("REFORBERT_SHARED_DATA", default))
+    if not (shared / "kowiki").is_dir():
+        pytest.skip(f"no shared data at {shared}")
+    inputs = resolve_inputs(None, shared)
+    assert inputs.raw_corpus == shared / "kowiki"
+    assert inputs.sentiment_train == shared / "tasks" / "nsmc" / "ratings_train.proxy.txt"
+    assert inputs.sentiment_eval is None  # a dev split is carved out of the train file
 
 
 @pytest.mark.slow

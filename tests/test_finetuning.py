@@ -1,9 +1,10 @@
 """Fine-tuning end to end on easy synthetic signals, one run per head type, through the real task modules.
 
-Each synthetic benchmark file is written in its task's genuine format, and each signal is one a tiny
-model learns in a few dozen steps (a label that is the presence of a word, a score that counts a
-word, an entity that is a name word, an answer that follows a marker word). The held-out score must
-clearly beat what guessing gets, so a broken head, collator, label mapping or scorer fails the test.
+Each synthetic benchmark file is written in its task's genuine format, and each signal is one that a
+tiny ReforBERT (with the shared tiny character tokenizer) learns in about a hundred steps: a label
+that is the presence of a word, a score that counts a word, an entity that is a name word, an answer
+that follows a marker word. The held-out score must clearly beat guessing, so a broken head,
+collator, label mapping or scorer fails the test.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForSequenceClassification
 
+from reforbert import ReforBertConfig
 from reforbert.cli import main
 from reforbert.errors import ReforBertInputError
-from reforbert.finetuning import PaddingCollator, finetune, subsample
+from reforbert.finetuning import PaddingCollator, finetune, resolve_bf16, subsample
+from reforbert.modeling_reforbert import ReforBertForPreTraining
 
 FILLER = [a + b for a in "가나다라마바사아자차" for b in "고노도로모"]  # 50 two-syllable words
 POSITIVE = "좋다"
@@ -26,8 +30,6 @@ NAMES = ["철수", "영희", "민수", "지영", "현우", "수진"]
 MARKER = "정답은"
 ANSWERS = ["사과", "포도", "딸기", "참외", "수박", "자두"]
 QUESTION_WORDS = ["무엇", "인가"]
-SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SEP]", "[CLS]", "[MASK]"]
-VOCAB = SPECIALS + FILLER + [POSITIVE, SIMILAR, MARKER, *NAMES, *ANSWERS, *QUESTION_WORDS]
 
 # Tiny but able to learn: the signals need one attention hop at most.
 TRAIN = dict(learning_rate=5e-3, batch_size=16, progress=False, overwrite=True)
@@ -42,70 +44,27 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def save_word_tokenizer(folder: Path) -> None:
-    """A whitespace word-level fast tokenizer with ReforBERT's special-token ids and pair template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    ids = {token: index for index, token in enumerate(VOCAB)}
-    backend = Tokenizer(models.WordLevel(ids, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
-    )
-    tokenizer.save_pretrained(folder)
-
-
-def save_tiny_pretrained_model(folder: Path) -> None:
-    """A randomly initialised tiny pretraining model, saved as a pretraining run's model folder is."""
+def save_tiny_pretrained_model(folder: Path, vocab_size: int) -> None:
+    """A randomly initialised tiny ReforBERT, saved as a pretraining run's model folder is."""
     torch.manual_seed(0)
-    try:
-        from reforbert import ReforBertConfig
-        from reforbert.modeling_reforbert import ReforBertForPreTraining
-
-        config = ReforBertConfig.from_preset(
-            "tiny",
-            vocab_size=len(VOCAB),
-            hidden_size=32,
-            num_attention_heads=2,
-            intermediate_size=64,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )
-        model = ReforBertForPreTraining(config)
-    except ImportError:
-        from transformers import BertConfig, BertForPreTraining
-
-        config = BertConfig(
-            vocab_size=len(VOCAB),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=128,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )
-        model = BertForPreTraining(config)
-    model.save_pretrained(folder)
+    config = ReforBertConfig.from_preset(
+        "tiny",
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    ReforBertForPreTraining(config).save_pretrained(folder)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path:
+    """A pretraining run's model folder: the model and its tokenizer side by side."""
     folder = tmp_path_factory.mktemp("run") / "model"
-    save_tiny_pretrained_model(folder)
-    save_word_tokenizer(folder)
+    save_tiny_pretrained_model(folder, vocab_size=len(tiny_tokenizer))
+    tiny_tokenizer.save_pretrained(folder)
     return folder
 
 
@@ -214,6 +173,8 @@ def test_sequence_classification_learns_token_presence(model_dir, tmp_path):
     assert results["hyperparameters"]["learning_rate"] == 5e-3
     assert results["hyperparameters"]["batch_size"] == 16
     assert results["hyperparameters"]["seed"] == 42
+    # "auto" means bf16 autocast wherever the hardware has it (this CPU's AMX, a CUDA GPU).
+    assert results["hyperparameters"]["bf16"] is resolve_bf16("auto", torch.cuda.is_available())
     assert results["model"]["hidden_size"] == 32 and results["model"]["num_hidden_layers"] == 2
     assert results["model"]["path"] == str(model_dir.resolve())
     matrix = results["confusion_matrix"]
@@ -224,6 +185,8 @@ def test_sequence_classification_learns_token_presence(model_dir, tmp_path):
     saved = sorted(path.name for path in (tmp_path / "finetuned").iterdir())
     assert "model.safetensors" in saved and "config.json" in saved
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in saved)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "finetuned")
+    assert reloaded.config.id2label == {0: "negative", 1: "positive"}
 
 
 def test_regression_learns_a_count_on_a_carved_dev_split(model_dir, tmp_path):

@@ -449,3 +449,15 @@ def test_bf16_autocast_trains_on_cpu_and_resume_refuses_changed_settings(
     assert np.isfinite(summary["loss"]) and "bf16" in (run_dir / "run_settings.json").read_text()
     with pytest.raises(ReforBertInputError, match="global_batch_size"):
         pretrain(data_dir, vocab_dir, run_dir, max_steps=2, resume=True, **{**COMMON, "global_batch_size": 8})
+
+
+def test_time_budget_stops_after_the_current_step_and_saves(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path
+) -> None:
+    from reforbert.pretraining import pretrain
+
+    run_dir = tmp_path / "run"
+    summary = pretrain(data_dir, vocab_dir, run_dir, time_budget_minutes=0.0, save_steps=100, **COMMON)
+    assert summary["step"] == 1
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-1"]
+    assert (run_dir / "model" / "model.safetensors").is_file()

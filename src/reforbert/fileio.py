@@ -24,12 +24,20 @@ def refuse_to_overwrite(path: str | Path, overwrite: bool) -> None:
         raise ReforBertInputError("already exists; pass --overwrite to replace it", path)
 
 
+def _give_default_permissions(path: str | Path, mode: int) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; give the result what open/mkdir would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator:
     """Open a temporary file beside ``path``; rename it to ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _give_default_permissions(tmp_name, 0o666)
     try:
         with os.fdopen(fd, mode, encoding=encoding) as handle:
             yield handle
@@ -52,6 +60,8 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    # mkdtemp creates the folder private (0700); give the result the permissions a plain mkdir would.
+    _give_default_permissions(tmp, 0o777)
     try:
         yield tmp
     except BaseException:

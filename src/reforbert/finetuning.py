@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import logging
 import os
 import platform
 import random
@@ -24,11 +23,22 @@ from typing import Any
 
 import numpy as np
 import torch
+import transformers
+from transformers import (
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 
+import reforbert  # registers the ReforBERT classes with the Auto* factories
 from reforbert.errors import ReforBertInputError
 from reforbert.fileio import atomic_directory, atomic_file, refuse_to_overwrite, sha256_of
-
-logger = logging.getLogger(__name__)
+from reforbert.tasks import TASKS, get_task
 
 BF16_CHOICES = ("auto", "on", "off")
 # Published recipes (KoBERT, KoELECTRA) use plain AdamW without weight decay on these benchmarks.
@@ -87,8 +97,6 @@ def load_splits(
 
 def resolve_task(task_name: str) -> Any:
     """The task object for ``task_name``, or an error that lists the tasks there are."""
-    from reforbert.tasks import TASKS, get_task
-
     if task_name not in TASKS:
         raise ReforBertInputError(f"unknown task {task_name!r}; choose one of: {', '.join(sorted(TASKS))}")
     return get_task(task_name)
@@ -101,12 +109,12 @@ def _require_file(path: str | Path, what: str) -> Path:
     return path
 
 
-def _require_model_dir(path: str | Path, what: str) -> Path:
+def _require_model_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
-        raise ReforBertInputError(f"{what} folder not found", path)
+        raise ReforBertInputError("model folder not found", path)
     if not (path / "config.json").is_file():
-        raise ReforBertInputError(f"{what} folder has no config.json (not a save_pretrained folder)", path)
+        raise ReforBertInputError("model folder has no config.json (not a save_pretrained folder)", path)
     return path
 
 
@@ -183,14 +191,6 @@ class PaddingCollator:
 
 
 def load_model(task: Any, model_dir: Path) -> torch.nn.Module:
-    from transformers import (
-        AutoModelForQuestionAnswering,
-        AutoModelForSequenceClassification,
-        AutoModelForTokenClassification,
-    )
-
-    import reforbert  # noqa: F401  (registers the ReforBERT classes with the Auto* factories)
-
     auto_class = {
         "sequence-classification": AutoModelForSequenceClassification,
         "token-classification": AutoModelForTokenClassification,
@@ -209,8 +209,6 @@ def load_model(task: Any, model_dir: Path) -> torch.nn.Module:
 
 
 def load_tokenizer(tokenizer_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
     try:
         return AutoTokenizer.from_pretrained(str(tokenizer_dir))
     except (OSError, ValueError, KeyError) as error:
@@ -239,33 +237,29 @@ def resolve_bf16(choice: str | bool, use_cuda: bool) -> bool:
     return cpu_supports_bf16()
 
 
-def make_time_budget_callback(budget_seconds: float) -> Any:
-    from transformers import TrainerCallback
+class TimeBudgetCallback(TrainerCallback):
+    """Stops training once the wall-clock budget is spent; evaluation still runs afterwards."""
 
-    class TimeBudgetCallback(TrainerCallback):
-        """Stops training once the wall-clock budget is spent; evaluation still runs afterwards."""
+    def __init__(self, budget_seconds: float) -> None:
+        self.budget_seconds = budget_seconds
+        self.started = 0.0
+        self.stopped_early = False
 
-        def __init__(self) -> None:
-            self.started = 0.0
-            self.stopped_early = False
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.monotonic()
 
-        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
-            self.started = time.monotonic()
-
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-            spent = time.monotonic() - self.started >= budget_seconds
-            # Under torchrun every rank must stop at the same step, or the others wait forever.
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-                flag = torch.tensor([1.0 if spent else 0.0], device=device)
-                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                spent = bool(flag.item())
-            if spent and not state.global_step >= state.max_steps:
-                self.stopped_early = True
-                control.should_training_stop = True
-            return control
-
-    return TimeBudgetCallback()
+    def on_step_end(self, args, state, control, **kwargs):
+        spent = time.monotonic() - self.started >= self.budget_seconds
+        # Under torchrun every process must stop at the same step, or the others wait forever.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            on_gpu = torch.distributed.get_backend() == "nccl"
+            flag = torch.tensor([float(spent)], device="cuda" if on_gpu else "cpu")
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            spent = bool(flag.item())
+        if spent and state.global_step < state.max_steps:
+            self.stopped_early = True
+            control.should_training_stop = True
+        return control
 
 
 def describe_model(model: torch.nn.Module, model_dir: Path) -> dict[str, Any]:
@@ -323,8 +317,6 @@ def training_arguments(
     progress: bool,
 ) -> Any:
     """AdamW with linear decay and no warmup, as the published Korean baselines were fine-tuned."""
-    from transformers import TrainingArguments
-
     return TrainingArguments(
         output_dir=scratch,  # required by the Trainer; nothing is saved there (save_strategy "no")
         num_train_epochs=float(epochs),
@@ -391,7 +383,7 @@ def finetune(
     ``dev_fraction`` carved out of ``train_file`` by ``seed``. Returns the results dictionary.
     """
     task = resolve_task(task_name)
-    model_dir = _require_model_dir(model_dir, "model")
+    model_dir = _require_model_dir(model_dir)
     tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else model_dir
     if not tokenizer_dir.is_dir():
         raise ReforBertInputError("tokenizer folder not found", tokenizer_dir)
@@ -424,8 +416,6 @@ def finetune(
     train_encoded = task.encode(train_examples, tokenizer, max_seq_length, training=True)
     eval_encoded = task.encode(eval_examples, tokenizer, max_seq_length, training=False)
 
-    from transformers import Trainer, set_seed
-
     set_seed(seed)  # the classifier head is initialised with this seed
     model = load_model(task, model_dir)
 
@@ -437,7 +427,7 @@ def finetune(
     callbacks = []
     budget_callback = None
     if time_budget_minutes is not None:
-        budget_callback = make_time_budget_callback(time_budget_minutes * 60.0)
+        budget_callback = TimeBudgetCallback(time_budget_minutes * 60.0)
         callbacks.append(budget_callback)
 
     with tempfile.TemporaryDirectory(prefix="reforbert-finetune-") as scratch:
@@ -544,12 +534,8 @@ def finetune(
 
 
 def _versions() -> dict[str, str]:
-    import transformers
-
-    import reforbert
-
     return {
-        "reforbert": getattr(reforbert, "__version__", "unknown"),
+        "reforbert": reforbert.__version__,
         "transformers": transformers.__version__,
         "torch": torch.__version__,
     }
@@ -561,7 +547,7 @@ def _versions() -> dict[str, str]:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", help="benchmark name, e.g. nsmc, naver_ner, korsts, korquad1")
+    parser.add_argument("task", help=f"benchmark: {', '.join(TASKS)}")
     parser.add_argument("--model", required=True, help="pretrained model folder (e.g. RUN/model)")
     parser.add_argument("--train", required=True, help="training file in the benchmark's own format")
     parser.add_argument("--eval", help="evaluation file (dev or test) in the benchmark's own format")
@@ -610,6 +596,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only the first process reports
     metrics = ", ".join(
         f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value:,}"
         for name, value in results["metrics"].items()

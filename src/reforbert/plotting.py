@@ -9,7 +9,9 @@ line). :func:`plot_runs` overlays several runs in one figure, one colour per run
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,19 @@ from reforbert.errors import ReforBertInputError
 from reforbert.fileio import atomic_file
 
 
-def _read_run(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    from reforbert.pretraining import iter_metrics
+def iter_metrics(run_dir: str | Path) -> Iterator[dict[str, Any]]:
+    """The records of RUN/metrics.jsonl, skipping a half-written last line."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise ReforBertInputError("no metrics.jsonl in this run folder", path.parent)
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                yield record
 
+
+def _read_run(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     train, evaluation = [], []
     tokens_at_step: dict[int, float] = {}
     for record in iter_metrics(run_dir):

@@ -15,6 +15,10 @@ Trainer) is what makes the guarantees below cheap to keep:
 * Safe checkpoints. ``checkpoints/step-N/`` is written under a temporary name and renamed when
   complete; every file is safetensors or JSON, so resuming never unpickles anything.
 
+Several GPUs or nodes: launch the same command under ``torchrun`` (or ``accelerate launch``), e.g.
+``torchrun --nproc-per-node 8 -m reforbert.cli pretrain --data D --vocab V --output RUN``; the
+micro-batches of each global batch are spread over the processes and accumulation shrinks to match.
+
 Checkpoint folder ``RUN/checkpoints/step-N/``:
   ``model.safetensors`` + ``config.json``  model weights and config;
   ``optimizer.safetensors``                 AdamW moments and step counts, keyed ``state.<param>.<name>``;
@@ -35,7 +39,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from reforbert.configuration_reforbert import PRESETS, ReforBertConfig
+from reforbert.data.shards import VOCAB_MODEL_FILE
 from reforbert.errors import ReforBertInputError
 from reforbert.fileio import atomic_directory, atomic_file
 
@@ -502,6 +507,16 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, is_main: bool
     return None
 
 
+def vocabulary_size(vocab_dir: str | Path) -> int:
+    """Pieces in the vocabulary folder's SentencePiece model, the 7 specials included."""
+    import sentencepiece
+
+    model_file = Path(vocab_dir) / VOCAB_MODEL_FILE
+    if not model_file.is_file():
+        raise ReforBertInputError("vocabulary model is missing", model_file)
+    return sentencepiece.SentencePieceProcessor(model_file=str(model_file)).get_piece_size()
+
+
 def build_config(preset: str, config_overrides: dict[str, Any] | None) -> ReforBertConfig:
     if preset not in PRESETS:
         raise ReforBertInputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -629,7 +644,9 @@ def pretrain(
     if resume_from is not None:
         config = ReforBertConfig.from_pretrained(str(resume_from))
     else:
-        config = build_config(preset, config_overrides)
+        # The embedding table must match the vocabulary the data was made with, whatever the preset says.
+        overrides = {"vocab_size": vocabulary_size(vocab_path), **(config_overrides or {})}
+        config = build_config(preset, overrides)
     if max_seq_len > config.max_position_embeddings:
         raise ReforBertInputError(
             f"--max-seq-len {max_seq_len} exceeds the model's {config.max_position_embeddings} positions"
@@ -774,7 +791,8 @@ def pretrain(
                 {
                     "tokens_per_s": tokens_per_s,
                     "step_tokens_per_s": record.pop("step_tokens") / max(step_seconds, 1e-9),
-                    "mfu": tokens_per_s * flops_per_token / (peak * 1e12) if peak else None,
+                    # tokens_seen counts every process; the peak is one device's.
+                    "mfu": tokens_per_s * flops_per_token / (peak * 1e12 * world) if peak else None,
                     "elapsed": state.elapsed_seconds + run_seconds,
                 }
             )
@@ -1057,7 +1075,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="Stop (and save) after this many minutes of this invocation.",
     )
     add("--save-steps", type=int, default=100, help="Write a checkpoint every this many steps.")
-    add("--save-total-limit", type=int, default=3, help="Keep only this many most recent checkpoints.")
+    add(
+        "--save-total-limit",
+        type=int,
+        default=3,
+        help="Keep only this many most recent checkpoints (0 keeps them all).",
+    )
     add("--eval-steps", type=int, help="Evaluate every this many steps; by default as often as checkpoints.")
     add("--eval-data", help="Held-out pretraining data; without it a small fraction of --data is held out.")
     add(
@@ -1168,15 +1191,3 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
-
-
-def iter_metrics(run_dir: str | Path) -> Iterator[dict[str, Any]]:
-    """The records of RUN/metrics.jsonl, skipping a half-written last line."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        raise ReforBertInputError("no metrics.jsonl in this run folder", path.parent)
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            record = json.loads(line)
-            if isinstance(record, dict):
-                yield record

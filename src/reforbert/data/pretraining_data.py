@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -237,9 +238,8 @@ def build_block(block: int, documents: list[list[str]], settings: InstanceSettin
     if settings.jsonl:
         return {"stats": stats, "lines": _mask_statically(instances, settings, block)}
     lengths = np.fromiter((len(ids) for ids, _, _ in instances), dtype=np.int64, count=len(instances))
-    tokens = np.fromiter(
-        (t for ids, _, _ in instances for t in ids), dtype=np.uint16, count=int(lengths.sum())
-    )
+    flat = itertools.chain.from_iterable(ids for ids, _, _ in instances)
+    tokens = np.fromiter(flat, dtype=np.uint16, count=int(lengths.sum()))
     return {
         "stats": stats,
         "tokens": tokens,

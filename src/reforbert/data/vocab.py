@@ -19,6 +19,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from tqdm import tqdm
+
 from reforbert.configuration_reforbert import NUM_SPECIAL_TOKENS, SPECIAL_TOKENS
 from reforbert.errors import ReforBertInputError
 from reforbert.fileio import atomic_directory, refuse_to_overwrite
@@ -227,6 +229,7 @@ def train_vocab(
     sample_sentences: int = DEFAULT_SAMPLE_SENTENCES,
     seed: int = 0,
     model_max_length: int = 512,
+    progress: bool = True,
     overwrite: bool = False,
 ) -> Path:
     """Train ``vocab_size`` pieces (+ 7 specials) on a seeded sample of the corpus sentences.
@@ -243,7 +246,10 @@ def train_vocab(
     files = check_corpus_files(corpus_files)
     refuse_to_overwrite(output_dir, overwrite)
 
-    sample, seen = reservoir_sample(iter_sentences(files), sample_sentences, seed)
+    sentences = tqdm(
+        iter_sentences(files), desc="sampling sentences", unit=" sentences", disable=not progress
+    )
+    sample, seen = reservoir_sample(sentences, sample_sentences, seed)
     if not sample:
         raise ReforBertInputError("the corpus has no text", files[0] if len(files) == 1 else None)
 
