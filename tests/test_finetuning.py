@@ -264,6 +264,19 @@ def test_example_limits_and_max_steps(model_dir, tmp_path):
     assert sum(map(sum, results["confusion_matrix"])) == 10
 
 
+def test_attention_override_is_used_and_recorded(model_dir, tmp_path):
+    """A model saved with LSH attention can be fine-tuned with another backend over the same weights."""
+    task = registered_task("nsmc")
+    write_nsmc(tmp_path / "train.txt", 40, seed=1)
+    write_nsmc(tmp_path / "test.txt", 20, seed=2)
+    for backend in ("full", "lsh"):
+        results = finetune(
+            task, model_dir, tmp_path / "train.txt", tmp_path / "test.txt", results_dir=tmp_path / backend,
+            max_steps=1, attention=backend, **TRAIN,
+        )
+        assert results["model"]["attention_backend"] == backend
+
+
 def test_bad_input_is_refused_with_the_culprit_named(model_dir, tmp_path, capsys):
     task = registered_task("nsmc")
     write_nsmc(tmp_path / "train.txt", 20, seed=1)

@@ -418,3 +418,17 @@ def test_hidden_states_are_returned_on_request(reversible):
     assert torch.equal(output.hidden_states[-1], output.last_hidden_state)
     assert torch.allclose(output.last_hidden_state, model(ids).last_hidden_state, atol=1e-6)
     assert model(ids).hidden_states is None
+
+
+def test_sliced_hashing_matches_argmax_over_both_signs(monkeypatch):
+    """Hashing in slices (to keep memory linear in the length) must pick the same buckets as one argmax
+    over [xR, -xR] for the whole sequence, including across slice boundaries."""
+    import reforbert.modeling_reforbert as modeling
+
+    monkeypatch.setattr(modeling, "HASH_SLICE", 7)
+    generator = torch.Generator().manual_seed(3)
+    vectors = torch.randn(2, 3, 30, 8, generator=generator)
+    rotations = torch.randn(3, 8, 4, 5, generator=generator)
+    rotated = torch.einsum("bhld,hdrk->bhrlk", vectors, rotations)
+    expected = torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)
+    assert torch.equal(modeling.hash_to_buckets(vectors, rotations), expected)

@@ -80,7 +80,11 @@ def check_positive(**values: float | None) -> None:
 
 
 def load_splits(
-    task: Any, train_file: Path, eval_file: Path | None, dev_fraction: float | None, split_name: str | None,
+    task: Any,
+    train_file: Path,
+    eval_file: Path | None,
+    dev_fraction: float | None,
+    split_name: str | None,
     seed: int,
 ) -> Splits:
     """Read the train file and the eval file, or carve the eval examples out of the train file."""
@@ -373,6 +377,7 @@ def finetune(
     max_seq_length: int | None = None,
     seed: int = 42,
     bf16: str | bool = "auto",
+    attention: str | None = None,
     logging_steps: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -391,8 +396,12 @@ def finetune(
     eval_file = _require_file(eval_file, "eval file") if eval_file is not None else None
     check_evaluation_source(task.name, eval_file, dev_fraction)
     check_positive(
-        epochs=epochs, max_steps=max_steps, time_budget=time_budget_minutes,
-        learning_rate=learning_rate, batch_size=batch_size, max_seq_length=max_seq_length,
+        epochs=epochs,
+        max_steps=max_steps,
+        time_budget=time_budget_minutes,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_seq_length=max_seq_length,
     )
     results_path = Path(results_dir) / f"{task.name}.json"
     # Checked before training so that a long run never ends unable to write its result.
@@ -418,6 +427,12 @@ def finetune(
 
     set_seed(seed)  # the classifier head is initialised with this seed
     model = load_model(task, model_dir)
+    if attention is not None:
+        # ReforBERT's backends share their weights, so a model pretrained with LSH can be fine-tuned with
+        # exact attention (or "auto") where sequences are short and exact attention is the faster one.
+        if getattr(model.config, "model_type", None) != "reforbert":
+            raise ReforBertInputError("--attention applies to ReforBERT models only", model_dir)
+        model.config.attention_backend = attention
 
     use_cuda = torch.cuda.is_available()
     use_bf16 = resolve_bf16(bf16, use_cuda)
@@ -566,6 +581,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-seq-length", type=int)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--bf16", choices=BF16_CHOICES, default="auto", help="bf16 autocast (default: auto)")
+    parser.add_argument(
+        "--attention",
+        choices=("lsh", "full", "auto"),
+        help="override a ReforBERT model's attention backend for fine-tuning and evaluation "
+        "(default: the backend saved in its config)",
+    )
     parser.add_argument("--logging-steps", type=int, help="log the training loss every N steps (default 50)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -592,6 +613,7 @@ def run(args: argparse.Namespace) -> int:
         max_seq_length=args.max_seq_length,
         seed=args.seed,
         bf16=args.bf16,
+        attention=args.attention,
         logging_steps=args.logging_steps,
         overwrite=args.overwrite,
         progress=not args.no_progress,

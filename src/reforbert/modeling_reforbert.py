@@ -175,6 +175,31 @@ def _lsh_self_bias(n_chunks: int, bucket_size: int, device: torch.device) -> tor
     return bias
 
 
+# Positions hashed at a time. The rotated vectors are (positions x buckets) per head and round, and the
+# number of buckets grows with the length, so hashing everything at once would need memory quadratic in
+# the length (8 GiB at 65,536 tokens); in slices it stays at a few hundred MB.
+HASH_SLICE = 4096
+
+
+def hash_to_buckets(vectors: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Angular LSH: bucket = argmax over [xR, -xR] (the sign trick doubles the buckets for free).
+
+    (batch, heads, length, head_dim) and (heads, head_dim, rounds, n_buckets // 2) ->
+    (batch, heads, rounds, length) bucket ids, chosen in full precision.
+    """
+    half = rotations.shape[-1]
+    slices = []
+    with torch.autocast(vectors.device.type, enabled=False):
+        for start in range(0, vectors.shape[2], HASH_SLICE):
+            part = vectors[:, :, start : start + HASH_SLICE].float()
+            rotated = torch.einsum("bhld,hdrk->bhrlk", part, rotations.float())
+            top, top_index = rotated.max(dim=-1)
+            bottom, bottom_index = rotated.min(dim=-1)
+            # -min(xR) is max(-xR): the bucket lies in the negated half when it beats the best positive.
+            slices.append(torch.where(-bottom > top, bottom_index + half, top_index))
+    return torch.cat(slices, dim=-1)
+
+
 def lsh_attention(
     queries: torch.Tensor,
     keys: torch.Tensor,
@@ -198,10 +223,7 @@ def lsh_attention(
     n_chunks = length // bucket_size
     n_buckets = 2 * rotations.shape[3]
 
-    # Angular LSH: bucket = argmax over [xR, -xR]; the sign trick doubles the buckets for free.
-    with torch.autocast(queries.device.type, enabled=False):  # bucket choice in full precision
-        rotated = torch.einsum("bhld,hdrk->bhrlk", queries.float(), rotations.float())
-    buckets = torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)  # (b, h, rounds, length)
+    buckets = hash_to_buckets(queries, rotations)
     # Padding goes to an extra last bucket, so it never displaces real tokens from their chunks.
     buckets = buckets.masked_fill(~key_is_real[:, None, None, :], n_buckets)
     positions = torch.arange(length, device=queries.device)
