@@ -432,3 +432,22 @@ def test_sliced_hashing_matches_argmax_over_both_signs(monkeypatch):
     rotated = torch.einsum("bhld,hdrk->bhrlk", vectors, rotations)
     expected = torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)
     assert torch.equal(modeling.hash_to_buckets(vectors, rotations), expected)
+
+
+def test_lsh_chunk_sees_its_neighbours_on_both_sides_and_nothing_further():
+    """With every vector hashed to one bucket the sorted order is the position order, so chunk 1 must
+    draw on chunks 0, 1 and 2 (before AND after it) and on nothing in chunk 3."""
+    bucket, chunks, head_dim = 16, 4, 8
+    length = bucket * chunks
+    direction = torch.randn(head_dim, generator=torch.Generator().manual_seed(0))
+    queries = direction.expand(1, 1, length, head_dim).clone()
+    keys = torch.nn.functional.normalize(queries, dim=-1)
+    values = torch.randn(1, 1, length, head_dim, requires_grad=True)
+    rotations = torch.randn(1, head_dim, 1, chunks)
+    output = modeling.lsh_attention(
+        queries, keys, values, torch.ones(1, length, dtype=torch.bool), rotations, bucket, 0.0, False
+    )
+    output[0, 0, bucket : 2 * bucket].sum().backward()
+    used = values.grad[0, 0].abs().sum(dim=-1) > 0
+    assert used[: 3 * bucket].all()
+    assert not used[3 * bucket :].any()

@@ -68,7 +68,7 @@ def test_report_renders_exact_cells_and_png(two_runs, tmp_path):
     ]
     assert rows[f"KoELECTRA-Small-v3 ({PUBLISHED_MARK})"][-1] == "82.11/91.13"
     assert rows[f"DistilKoBERT ({PUBLISHED_MARK})"][2] == "60.50"
-    assert "reforbert-small, Naver NER: carved dev of 10% of train.txt by seed 42" in markdown
+    assert "Naver NER: carved dev of 10% of train.txt by seed 42 (reforbert-small)" in markdown
     assert output.read_text(encoding="utf-8") == markdown
     png = output.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

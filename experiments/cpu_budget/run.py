@@ -266,6 +266,8 @@ def finetune_jobs(args: argparse.Namespace) -> list[Job]:
                 *run.extra,
                 *row.finetune_flags,
             )
+            if args.finetune_learning_rate:
+                command += ["--learning-rate", str(args.finetune_learning_rate)]
             if run.eval:
                 command += ["--eval", str(args.data_dir / "tasks" / run.eval)]
             else:
@@ -355,6 +357,13 @@ def main() -> int:
     parser.add_argument("--tasks", nargs="*", help="Only these benchmarks (default: all seven).")
     parser.add_argument(
         "--parallel", type=int, default=2, help="Jobs at a time; cores are split between them."
+    )
+    parser.add_argument(
+        "--finetune-learning-rate",
+        type=float,
+        default=0.0,
+        help="One learning rate for every fine-tuning run (0: each task's published rate, tuned for "
+        "fully pretrained models; small models pretrained for minutes need a higher one).",
     )
     parser.add_argument(
         "--threads-per-job", type=int, default=0, help="Threads of each job (default: cores / --parallel)."

@@ -103,7 +103,8 @@ def count_model_flops_per_token(model: torch.nn.Module, config: Any, seq_len: in
     Embedding lookups cost no multiplications, so their tables are left out. Attention adds, per
     layer, 2 matmuls (scores and weighted sum) of 2 x hidden FLOPs per attended key, times 3 for
     forward + backward: 12 x hidden x keys. Full attention attends to ``seq_len`` keys; LSH attention
-    to its own and the previous chunk (2 x bucket size) for each of ``lsh_num_hashes`` rounds.
+    to its own chunk and the chunks on both sides (up to 3 x bucket size) in each of ``lsh_num_hashes``
+    rounds.
     Recomputation by reversible layers is not counted: these are model FLOPs, not hardware FLOPs.
     """
     embedding_params = sum(
@@ -120,7 +121,8 @@ def attended_keys(config: Any, seq_len: int) -> float:
     if backend == "auto":
         backend = "full" if seq_len <= config.full_attention_max_length else "lsh"
     if backend == "lsh":
-        return float(min(seq_len, 2 * config.lsh_bucket_size) * config.lsh_num_hashes)
+        chunks = max(1, math.ceil(seq_len / config.lsh_bucket_size))
+        return float(min(chunks, 3) * config.lsh_bucket_size * config.lsh_num_hashes)
     return float(seq_len)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,12 +104,18 @@ def published_rows() -> list[Row]:
 
 
 def carved_notes(named_results: Sequence[tuple[str, dict[str, dict[str, Any]]]]) -> list[str]:
-    notes = []
+    """One note per (benchmark, carved split); rows are named only where not every row used it."""
+    used_by: dict[tuple[str, str], list[str]] = {}
     for name, results in named_results:
         for column in COLUMNS:
             result = results.get(column.task_name)
             if result is not None and split_label(result) == "dev*":
-                notes.append(f"{name}, {column.header.split(' (')[0]}: {result['split']['description']}")
+                key = (column.header.split(" (")[0], result["split"]["description"])
+                used_by.setdefault(key, []).append(name)
+    notes = []
+    for (task, description), names in used_by.items():
+        rows = "" if len(names) == len(named_results) else f" ({', '.join(names)})"
+        notes.append(f"{task}: {description}{rows}")
     return notes
 
 
@@ -142,14 +149,26 @@ def render_png(rows: Sequence[Row], notes: Sequence[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     header = ["Model", *(column.header.replace(" (", "\n(") for column in COLUMNS)]
-    # Split "score (split, n)" over two lines so the cells stay narrow.
-    body = [[row.name.replace(" (", "\n("), *(c.replace(" (", "\n(") for c in row.cells)] for row in rows]
-    figure, axes = plt.subplots(figsize=(2.0 * len(header), 0.9 + 0.6 * (len(rows) + 1)))
+    # Split "score (split, n)" over two lines so the cells stay narrow; wrap long model names.
+    body = [[textwrap.fill(row.name, 32), *(c.replace(" (", "\n(") for c in row.cells)] for row in rows]
+    footnote = ""
+    if notes:
+        footnote = "\n".join(
+            textwrap.fill(line, 150) for line in ["dev*: carved out of the train file.", *notes]
+        )
+    footnote_lines = footnote.count("\n") + 1 if footnote else 0
+    table_height = 0.6 + 0.75 * (len(rows) + 1)
+    footnote_height = 0.2 + 0.16 * footnote_lines
+    figure = plt.figure(figsize=(2.0 * len(header) + 1.0, table_height + footnote_height))
+    footnote_share = footnote_height / (table_height + footnote_height)
+    axes = figure.add_axes((0.01, footnote_share, 0.98, 1.0 - footnote_share))
     axes.axis("off")
-    table = axes.table(cellText=body, colLabels=header, loc="center", cellLoc="center")
+    model_share = 0.2
+    widths = [model_share] + [(1.0 - model_share) / len(COLUMNS)] * len(COLUMNS)
+    table = axes.table(cellText=body, colLabels=header, loc="center", cellLoc="center", colWidths=widths)
     table.auto_set_font_size(False)
     table.set_fontsize(8)
-    table.scale(1.0, 2.6)
+    table.scale(1.0, 3.2)
     for (row_index, _), cell in table.get_celld().items():
         if row_index == 0:
             cell.set_text_props(weight="bold")
@@ -158,10 +177,8 @@ def render_png(rows: Sequence[Row], notes: Sequence[str], path: Path) -> None:
             cell.set_facecolor("#f0f0f0")
             cell.set_text_props(color="#555555", style="italic")
     axes.set_title("ReforBERT fine-tuning results (grey: published, not reproduced here)", fontsize=10)
-    if notes:
-        footnote = "dev*: carved out of the train file. " + "; ".join(notes)
-        figure.text(0.01, 0.01, footnote, fontsize=7, wrap=True)
-    figure.tight_layout()
+    if footnote:
+        figure.text(0.01, 0.01, footnote, fontsize=7, va="bottom")
     with atomic_file(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=150)
     plt.close(figure)
