@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
+
+from reforbert.data.vocab import wrap_as_bert_tokenizer
 
 SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SEP]", "[CLS]", "[MASK]"]  # ids 0..6
 # Every Hangul syllable, printable ASCII and a few CJK punctuation marks, each as a word-initial piece
@@ -23,22 +25,7 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
         vocab.setdefault("##" + character, len(vocab))
     backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()  # split on spaces and punctuation
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        bos_token="[BOS]",
-        eos_token="[EOS]",
-        sep_token="[SEP]",
-        cls_token="[CLS]",
-        mask_token="[MASK]",
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
-    )
+    return wrap_as_bert_tokenizer(backend)
 
 
 @pytest.fixture(scope="package")

@@ -403,7 +403,6 @@ def make_pretraining_data(
             shards.write_metadata(folder, metadata)
         else:
             metadata = writer.close(metadata)
-        _make_readable(folder)
     stats = metadata["statistics"]
     print(
         f"{stats['documents']} documents, {stats['corpus_tokens']} tokens -> {stats['instances']} instances "
@@ -411,11 +410,6 @@ def make_pretraining_data(
     )
     return metadata
 
-
-def _make_readable(folder: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -164,8 +164,6 @@ def build_fast_tokenizer(model_file: Path, model_max_length: int):
     """A ``PreTrainedTokenizerFast`` that reproduces SentencePiece's ids and adds BERT's template."""
     from sentencepiece import sentencepiece_model_pb2
     from tokenizers import AddedToken
-    from tokenizers.processors import TemplateProcessing
-    from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import SpmConverter
 
     proto = sentencepiece_model_pb2.ModelProto()
@@ -182,6 +180,15 @@ def build_fast_tokenizer(model_file: Path, model_max_length: int):
     tokenizer.add_special_tokens(
         [AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS]
     )
+    return wrap_as_bert_tokenizer(tokenizer, model_max_length)
+
+
+def wrap_as_bert_tokenizer(tokenizer, model_max_length: int = 512):
+    """A ``tokenizers.Tokenizer`` with ReforBERT's special ids as a Hugging Face fast tokenizer that
+    encodes ``[CLS] A [SEP]`` and ``[CLS] A [SEP] B [SEP]`` with segment ids 0 / 1, as BERT does."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
     cls, sep = SPECIAL_TOKENS["[CLS]"], SPECIAL_TOKENS["[SEP]"]
     tokenizer.post_processor = TemplateProcessing(
         single="[CLS] $A:0 [SEP]:0",
@@ -200,13 +207,6 @@ def build_fast_tokenizer(model_file: Path, model_max_length: int):
         model_max_length=model_max_length,
         model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
-
-
-def make_readable(folder: Path) -> None:
-    """Give the finished folder the usual permissions (a temporary folder starts private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
 
 
 def check_special_ids(folder: Path) -> int:
@@ -273,7 +273,6 @@ def train_vocab(
         if total != vocab_size + NUM_SPECIAL_TOKENS:
             raise RuntimeError(f"trained {total} pieces, expected {vocab_size + NUM_SPECIAL_TOKENS}")
         build_fast_tokenizer(folder / MODEL_FILE, model_max_length).save_pretrained(folder)
-        make_readable(folder)
     print(
         f"vocabulary of {total} pieces ({model_type}) from {len(files)} file(s), "
         f"{min(seen, sample_sentences)} of {seen} sentences sampled -> {output_dir}"
