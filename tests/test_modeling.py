@@ -99,9 +99,9 @@ def test_lsh_error_against_full_attention_falls_with_more_hashes():
             values = torch.randn(batch, heads, length, head_dim, generator=generator)
             keys = torch.nn.functional.normalize(queries, dim=-1)
             rotations = torch.randn(heads, head_dim, num_hashes, length // bucket_size, generator=generator)
-            exact = modeling.full_attention(queries, keys, values, bias, dropout=0.0)
+            exact = modeling.full_attention(queries, keys, values, bias, dropout_p=0.0)
             approximate = modeling.lsh_attention(
-                queries, keys, values, key_is_real, rotations, bucket_size, dropout=0.0, training=False
+                queries, keys, values, key_is_real, rotations, bucket_size, dropout_p=0.0, training=False
             )
             errors.append((approximate - exact).abs().mean().item())
         mean_errors.append(sum(errors) / len(errors))
@@ -226,6 +226,41 @@ def test_reversible_gradients_equal_ordinary_backprop_with_dropout(backend):
     model.config.reversible = True
     torch.manual_seed(99)
     assert model(**inputs).loss.item() != pytest.approx(plain_loss, abs=1e-6)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cpu_dropout_drops_at_the_requested_rate_and_keeps_the_expectation(p):
+    torch.manual_seed(0)
+    inputs = torch.ones(200_000)
+    output = modeling.dropout(inputs, p, training=True)
+    dropped = (output == 0).float().mean().item()
+    assert dropped == pytest.approx(p, abs=0.005)
+    assert output.mean().item() == pytest.approx(1.0, abs=0.01)
+    kept = output[output != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 1 / (1 - p)), rtol=1e-4)
+
+
+def test_cpu_dropout_gradient_uses_the_forward_mask_and_the_generator_seed():
+    inputs = torch.randn(4, 33, 7, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    torch.manual_seed(3)
+    output = modeling.dropout(inputs, 0.3, training=True)
+    output.backward(torch.ones_like(output))
+    kept = output != 0
+    assert torch.equal(inputs.grad != 0, kept)
+    assert torch.allclose(output[kept], inputs.detach()[kept] * inputs.grad[kept])
+    torch.manual_seed(3)
+    assert torch.equal(modeling.dropout(inputs.detach(), 0.3, training=True), output.detach())
+    torch.manual_seed(4)
+    assert not torch.equal(modeling.dropout(inputs.detach(), 0.3, training=True), output.detach())
+
+
+def test_dropout_is_the_identity_in_eval_or_at_zero_and_empties_at_one():
+    inputs = torch.randn(5, 6, dtype=torch.bfloat16)
+    assert modeling.dropout(inputs, 0.5, training=False) is inputs
+    assert modeling.dropout(inputs, 0.0, training=True) is inputs
+    assert not modeling.dropout(inputs, 1.0, training=True).any()
+    module = modeling.Dropout(0.5).eval()
+    assert module(inputs) is inputs
 
 
 def test_reversible_path_works_under_bfloat16_autocast():
@@ -384,7 +419,7 @@ def test_a_token_attends_to_itself_only_when_nothing_else_is_available(backend, 
     def attention_weights(key_is_real: torch.Tensor) -> torch.Tensor:
         if backend == "full":
             bias = modeling.full_attention_bias(key_is_real, torch.float32)
-            return modeling.full_attention(queries, keys, values, bias, dropout=0.0)
+            return modeling.full_attention(queries, keys, values, bias, dropout_p=0.0)
         rotations = torch.randn(2, length, 2, length // bucket_size, generator=generator)
         return modeling.lsh_attention(queries, keys, values, key_is_real, rotations, bucket_size, 0.0, False)
 
