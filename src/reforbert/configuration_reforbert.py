@@ -45,9 +45,9 @@ class ReforBertConfig(PretrainedConfig):
 
     Dropout is BERT's 0.1 on hidden states but 0 on attention probabilities, the Reformer's default for
     LSH attention: dropping probabilities pushes PyTorch's ``scaled_dot_product_attention`` off its fused
-    CPU kernel onto one that materialises every probability and draws a random number for each, which
-    made a ``mini`` training step at 512 tokens about 1.6x slower on CPU. Configurations saved with
-    another value keep it.
+    CPU kernel onto one that materialises every probability and draws a random number for each
+    (``benchmarks/pretrain_throughput.py`` measures BERT both ways). Configurations saved with another
+    value keep it.
     """
 
     model_type = "reforbert"
