@@ -358,6 +358,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
         output = original(self, *args, **kwargs)
         calls["n"] += 1
         if calls["n"] > 6:  # 2 micro-batches per step: step 4 diverges
+            output.mlm_loss = output.mlm_loss * float("nan")
             output.loss = output.loss * float("nan")
         return output
 
@@ -423,6 +424,36 @@ def test_two_processes_match_one_process(tmp_path: Path, data_dir: Path, vocab_d
     for step in one:
         assert abs(one[step] - two[step]) <= 1e-5
     assert_same_weights(final_weights(single), final_weights(double), atol=1e-5)
+
+
+def test_micro_batch_split_changes_neither_the_loss_nor_the_weights(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path
+) -> None:
+    """4 micro-batches of 1 = 1 micro-batch of 4: the MLM loss is a mean over the global batch's masked
+    tokens, not a mean of micro-batch means (the examples hold different numbers of masked tokens)."""
+    from reforbert.pretraining import pretrain
+
+    settings = {**COMMON, "config_overrides": {**TINY, "hidden_dropout_prob": 0.0}}
+    settings.pop("micro_batch_size")
+    settings.update(max_steps=3, save_steps=3)
+    runs = {}
+    for micro_batch_size in (1, 4):
+        run_dir = tmp_path / f"micro-{micro_batch_size}"
+        pretrain(data_dir, vocab_dir, run_dir, micro_batch_size=micro_batch_size, **settings)
+        runs[micro_batch_size] = run_dir
+    one, four = losses(runs[1]), losses(runs[4])
+    assert sorted(one) == sorted(four) == [1, 2, 3]
+    for step in one:
+        assert abs(one[step] - four[step]) <= 1e-5
+    assert_same_weights(final_weights(runs[1]), final_weights(runs[4]), atol=1e-5)
+
+
+def test_group_by_length_sorts_a_global_batch_by_length_then_index() -> None:
+    from reforbert.pretraining import group_by_length
+
+    indices = [40, 7, 13, 2, 99]
+    lengths = [30, 12, 30, 64, 12]
+    assert group_by_length(indices, lengths) == [7, 99, 13, 40, 2]
 
 
 def test_plot_draws_one_and_several_runs(tmp_path: Path, reference_run: Path) -> None:

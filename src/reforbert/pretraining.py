@@ -417,6 +417,9 @@ class BatchMaker:
         self.data_path = data_path
         self.max_seq_len = max_seq_len
 
+    def length(self, index: int) -> int:
+        return len(self.dataset[index]["input_ids"])
+
     def __call__(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]:
         features = [self.dataset[i] for i in indices]
         for index, feature in zip(indices, features, strict=True):
@@ -793,6 +796,7 @@ def pretrain(
                 {
                     "tokens_per_s": tokens_per_s,
                     "step_tokens_per_s": record.pop("step_tokens") / max(step_seconds, 1e-9),
+                    "step_seconds": step_seconds,
                     # tokens_seen counts every process; the peak is one device's.
                     "mfu": tokens_per_s * flops_per_token / (peak * 1e12 * world) if peak else None,
                     "elapsed": state.elapsed_seconds + run_seconds,
@@ -863,6 +867,12 @@ def pretrain(
     }
 
 
+def group_by_length(indices: Sequence[int], lengths: Sequence[int]) -> list[int]:
+    """A global batch reordered by (length, index), so that the micro-batches cut from it hold examples of
+    similar length and pad little. The set of examples per optimizer step is unchanged."""
+    return [index for _, index in sorted(zip(lengths, indices, strict=True))]
+
+
 def _train_step(
     model: torch.nn.Module,
     optimizer: Any,
@@ -877,30 +887,54 @@ def _train_step(
     max_grad_norm: float,
     seed: int,
 ) -> dict[str, Any]:
-    """One optimizer step over one global batch; returns the step's averaged metrics."""
+    """One optimizer step over one global batch; returns the step's averaged metrics.
+
+    The MLM loss is the mean over every masked token of the global batch, whatever the micro-batch
+    layout: each micro-batch's mean is weighted by its share of the masked tokens. Micro-batches of
+    length-sorted examples differ a lot in masked tokens, so a plain mean of means would favour the
+    tokens of short examples.
+    """
     indices, epoch = order.next_batch(state)
     step = state.step + 1
     rank, world = accelerator.process_index, accelerator.num_processes
     model.train()
+    # Reading, masking and collating happen before the model runs; their time is the loop's own cost.
+    data_start = time.perf_counter()
+    indices = group_by_length(indices, [make_batch.length(index) for index in indices])
+    # Global micro-batch m goes to process m % world, so every process gets a spread of lengths.
+    micro_numbers = [local * world + rank for local in range(accumulation)]
+    batches = [
+        make_batch(indices[micro * micro_batch_size : (micro + 1) * micro_batch_size], epoch)
+        for micro in micro_numbers
+    ]
+    masked_counts = [int((batch["labels"] != -100).sum()) for batch in batches]
+    global_masked = accelerator.reduce(
+        torch.tensor(float(sum(masked_counts)), device=accelerator.device), "sum"
+    ).item()
+    data_seconds = time.perf_counter() - data_start
     # Sums over this process's micro-batches, kept on the device so that nothing waits for the
     # accelerator before the step ends: loss, mlm, nsp, tokens, mlm correct/total, nsp correct/total.
     totals = torch.zeros(8, dtype=torch.float64, device=accelerator.device)
-    for local in range(accumulation):
-        micro = rank * accumulation + local  # global micro-batch number, the same for any layout
-        chunk = indices[micro * micro_batch_size : (micro + 1) * micro_batch_size]
-        batch = make_batch(chunk, epoch)
+    for local, (micro, batch, masked) in enumerate(zip(micro_numbers, batches, masked_counts, strict=True)):
         inputs = model_inputs(batch, accelerator.device, nsp)
         torch.manual_seed(micro_batch_seed(seed, step, micro))
         sync = local == accumulation - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):
             outputs = model(**inputs, return_dict=True)
-            accelerator.backward(outputs.loss / accumulation)
+            mlm_loss = getattr(outputs, "mlm_loss", None)
+            if mlm_loss is not None:
+                # Gradients are averaged over processes, hence the factor ``world``.
+                mlm_weight = masked * world / max(global_masked, 1.0)
+                nsp_loss = getattr(outputs, "nsp_loss", None)
+                loss = mlm_loss * mlm_weight + (nsp_loss / accumulation if nsp_loss is not None else 0.0)
+            else:  # a model that reports one combined loss (the benchmark's BERT): mean of micro-batches
+                loss = outputs.loss / accumulation
+            accelerator.backward(loss)
         with torch.no_grad():
             predicted, true = masked_predictions(outputs.prediction_logits, inputs["labels"])
-            totals[0] += outputs.loss.detach().double()
-            reports_mlm_loss = getattr(outputs, "mlm_loss", None) is not None
-            if reports_mlm_loss:
-                totals[1] += outputs.mlm_loss.detach().double()
+            totals[0] += loss.detach().double()
+            if mlm_loss is not None:
+                totals[1] += mlm_loss.detach().double() * masked
             if getattr(outputs, "nsp_loss", None) is not None:
                 totals[2] += outputs.nsp_loss.detach().double()
             totals[3] += int(batch["attention_mask"].sum())
@@ -912,7 +946,7 @@ def _train_step(
                 totals[7] += nsp_predicted.numel()
     totals = accelerator.reduce(totals, "sum").cpu()
     micro_batches = accumulation * world
-    loss = float(totals[0] / micro_batches)
+    loss = float(totals[0] / world)
     if not math.isfinite(loss):
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLossError(f"loss {loss} at step {step}")
@@ -930,7 +964,7 @@ def _train_step(
     return {
         "step": step,
         "loss": loss,
-        "mlm_loss": float(totals[1] / micro_batches) if reports_mlm_loss else None,
+        "mlm_loss": float(totals[1] / max(global_masked, 1.0)) if mlm_loss is not None else None,
         "nsp_loss": float(totals[2] / micro_batches) if nsp else None,
         "mlm_accuracy": float(totals[4] / max(float(totals[5]), 1.0)),
         "nsp_accuracy": float(totals[6] / totals[7]) if nsp and totals[7] > 0 else None,
@@ -939,6 +973,7 @@ def _train_step(
         "tokens_seen": state.tokens_seen,
         "epoch": epoch,
         "step_tokens": float(totals[3]),
+        "data_seconds": data_seconds,
     }
 
 
