@@ -137,17 +137,15 @@ FACTORIES = {
 BERT_BASELINES = ("bert", "bert-attn-dropout-0")
 
 
-def engine_timings(run_dir: Path, warmup: int) -> tuple[float, float]:
-    """The best timed step's tokens/s (on a shared machine the fastest step is the one least slowed by
-    others) and the share of the timed steps' wall-clock the engine spent preparing batches."""
+def engine_timings(run_dir: Path, warmup: int) -> tuple[list[float], float]:
+    """Tokens/s of each timed step and the share of their wall-clock the engine spent preparing batches."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in records if "loss" in r and r["step"] > warmup]
-    best = max(r["step_tokens_per_s"] for r in timed)
     data_share = sum(r["data_seconds"] for r in timed) / sum(r["step_seconds"] for r in timed)
-    return best, data_share
+    return [r["step_tokens_per_s"] for r in timed], data_share
 
 
-def bare_tokens_per_s(
+def bare_step_rates(
     model_name: str,
     config: ReforBertConfig,
     data: Path,
@@ -156,8 +154,9 @@ def bare_tokens_per_s(
     global_batch_size: int,
     warmup: int,
     steps: int,
-) -> float:
-    """Forward + backward over the accumulation micro-batches and AdamW, nothing else."""
+) -> list[float]:
+    """Tokens/s of each timed step of forward + backward over the accumulation micro-batches and AdamW,
+    nothing else."""
     from reforbert.data.collator import PretrainingCollator
     from reforbert.data.shards import open_pretraining_data
 
@@ -185,7 +184,7 @@ def bare_tokens_per_s(
         optimizer.zero_grad(set_to_none=True)
         if step >= warmup:
             durations.append(time.perf_counter() - start)
-    return tokens / min(durations)  # the best timed step, as for the engine
+    return [tokens / seconds for seconds in durations]
 
 
 # Engine and bare step run the same model on the same batches; when they disagree by more than this,
@@ -295,7 +294,7 @@ def main() -> int:
                 peak, peak_source = default_peak_tflops(torch.device("cpu"), precision)
                 run_dir = scratch / f"{model_name}-{precision}"
                 print(f"[{model_name} {precision}] bare step ...", file=sys.stderr, flush=True)
-                bare = bare_tokens_per_s(
+                bare_steps = bare_step_rates(
                     model_name,
                     config,
                     data,
@@ -325,7 +324,9 @@ def main() -> int:
                     progress=False,
                     model_factory=FACTORIES[model_name],
                 )
-                engine, data_share = engine_timings(run_dir, args.warmup_steps)
+                engine_steps, data_share = engine_timings(run_dir, args.warmup_steps)
+                # The best timed step: on a shared machine the fastest is the one least slowed by others.
+                engine, bare = max(engine_steps), max(bare_steps)
                 row = {
                     "model": model_name,
                     "precision": precision,
@@ -333,6 +334,8 @@ def main() -> int:
                     "bare_tokens_per_s": bare,
                     "engine_overhead": bare / engine - 1.0,
                     "engine_data_share": data_share,
+                    "engine_step_tokens_per_s": engine_steps,
+                    "bare_step_tokens_per_s": bare_steps,
                     "flops_per_token": flops,
                     "peak_tflops": peak,
                     "peak_source": peak_source,

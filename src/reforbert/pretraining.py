@@ -12,6 +12,10 @@ Trainer) is what makes the guarantees below cheap to keep:
   from (seed, step, micro-batch). A run killed at any step and resumed from its last checkpoint
   therefore logs the same losses and ends with the same weights as an uninterrupted one, and one
   process with accumulation matches several processes at the same global batch.
+* Batches that pad little, a loss that ignores the layout. Each global batch is sorted by length
+  before it is cut into micro-batches (global micro-batch m runs on process m % world), and the MLM
+  loss is weighted so that it is the mean over every masked token of the global batch: the micro-batch
+  size and the number of processes change the arithmetic's order, not the result.
 * Safe checkpoints. ``checkpoints/step-N/`` is written under a temporary name and renamed when
   complete; every file is safetensors or JSON, so resuming never unpickles anything.
 
