@@ -208,6 +208,7 @@ def test_run_folder_has_model_metrics_and_rotated_checkpoints(reference_run: Pat
     assert [r["step"] for r in train] == list(range(1, 9))
     for key in ("loss", "mlm_loss", "nsp_loss", "lr", "tokens_seen", "tokens_per_s", "mfu", "elapsed"):
         assert key in train[0], key
+    assert all(0.0 < r["data_seconds"] < r["step_seconds"] for r in train)  # batch preparation is timed
     assert train[-1]["tokens_seen"] > train[0]["tokens_seen"] > 0
     assert train[0]["lr"] < train[1]["lr"]  # warm-up
     assert all(np.isfinite(r["loss"]) for r in train)
