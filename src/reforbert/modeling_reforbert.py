@@ -52,8 +52,8 @@ EVAL_HASH_SEED = 4242
 # ----------------------------------------------------------------------------------------------------
 
 # A CPU dropout mask is cut from 16-bit lanes of 64-bit random words: one generator call yields four
-# keep/drop decisions, where ``torch.bernoulli_`` makes one call per element. On the 2-core development CPU
-# the native op took about a quarter of a bf16 ``mini`` training step; this mask costs under half as much.
+# keep/drop decisions, where ``torch.bernoulli_`` makes one call per element. On a 2-core Xeon the native
+# op took about a quarter of a bf16 ``mini`` training step; this mask costs about half as much.
 # The drop rate is ``p`` rounded to a multiple of 1/65536 and the kept values are rescaled by the
 # rounded rate, so expectations are exact.
 _LANE_VALUES = 1 << 16

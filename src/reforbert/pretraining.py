@@ -917,7 +917,8 @@ def _train_step(
     ).item()
     data_seconds = time.perf_counter() - data_start
     # Sums over this process's micro-batches, kept on the device so that nothing waits for the
-    # accelerator before the step ends: loss, mlm, nsp, tokens, mlm correct/total, nsp correct/total.
+    # accelerator before the step ends: loss, mlm loss x masked tokens, nsp, tokens, mlm correct/total,
+    # nsp correct/total.
     totals = torch.zeros(8, dtype=torch.float64, device=accelerator.device)
     for local, (micro, batch, masked) in enumerate(zip(micro_numbers, batches, masked_counts, strict=True)):
         inputs = model_inputs(batch, accelerator.device, nsp)
@@ -926,10 +927,10 @@ def _train_step(
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):
             outputs = model(**inputs, return_dict=True)
             mlm_loss = getattr(outputs, "mlm_loss", None)
+            nsp_loss = getattr(outputs, "nsp_loss", None)
             if mlm_loss is not None:
                 # Gradients are averaged over processes, hence the factor ``world``.
                 mlm_weight = masked * world / max(global_masked, 1.0)
-                nsp_loss = getattr(outputs, "nsp_loss", None)
                 loss = mlm_loss * mlm_weight + (nsp_loss / accumulation if nsp_loss is not None else 0.0)
             else:  # a model that reports one combined loss (the benchmark's BERT): mean of micro-batches
                 loss = outputs.loss / accumulation
@@ -939,8 +940,8 @@ def _train_step(
             totals[0] += loss.detach().double()
             if mlm_loss is not None:
                 totals[1] += mlm_loss.detach().double() * masked
-            if getattr(outputs, "nsp_loss", None) is not None:
-                totals[2] += outputs.nsp_loss.detach().double()
+            if nsp_loss is not None:
+                totals[2] += nsp_loss.detach().double()
             totals[3] += int(batch["attention_mask"].sum())
             totals[4] += (predicted == true).sum()
             totals[5] += true.numel()
