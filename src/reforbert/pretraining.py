@@ -421,10 +421,8 @@ class BatchMaker:
         self.data_path = data_path
         self.max_seq_len = max_seq_len
 
-    def length(self, index: int) -> int:
-        return len(self.dataset[index]["input_ids"])
-
-    def __call__(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]:
+    def read(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """The examples at ``indices``, each checked against ``max_seq_len``."""
         features = [self.dataset[i] for i in indices]
         for index, feature in zip(indices, features, strict=True):
             if len(feature["input_ids"]) > self.max_seq_len:
@@ -433,8 +431,14 @@ class BatchMaker:
                     f"{self.max_seq_len}",
                     self.data_path,
                 )
+        return features
+
+    def collate(self, features: Sequence[dict[str, Any]], epoch: int) -> dict[str, torch.Tensor]:
         self.collator.set_epoch(epoch)
-        return self.collator(features)
+        return self.collator(list(features))
+
+    def __call__(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]:
+        return self.collate(self.read(indices), epoch)
 
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device, nsp: bool) -> dict[str, torch.Tensor]:
@@ -904,11 +908,16 @@ def _train_step(
     model.train()
     # Reading, masking and collating happen before the model runs; their time is the loop's own cost.
     data_start = time.perf_counter()
-    indices = group_by_length(indices, [make_batch.length(index) for index in indices])
+    # Each example is read once: its length orders the global batch, then it is collated.
+    features = dict(zip(indices, make_batch.read(indices), strict=True))
+    indices = group_by_length(indices, [len(features[index]["input_ids"]) for index in indices])
     # Global micro-batch m goes to process m % world, so every process gets a spread of lengths.
     micro_numbers = [local * world + rank for local in range(accumulation)]
     batches = [
-        make_batch(indices[micro * micro_batch_size : (micro + 1) * micro_batch_size], epoch)
+        make_batch.collate(
+            [features[index] for index in indices[micro * micro_batch_size : (micro + 1) * micro_batch_size]],
+            epoch,
+        )
         for micro in micro_numbers
     ]
     masked_counts = [int((batch["labels"] != -100).sum()) for batch in batches]
