@@ -20,6 +20,9 @@ SPECIAL_TOKENS: dict[str, int] = {
 PAD_ID, UNK_ID, BOS_ID, EOS_ID, SEP_ID, CLS_ID, MASK_ID = range(7)
 NUM_SPECIAL_TOKENS = len(SPECIAL_TOKENS)
 DEFAULT_VOCAB_SIZE = 8000 + NUM_SPECIAL_TOKENS
+# The label of a position that is not scored (unmasked tokens, sub-word continuations, padding): the
+# default ``ignore_index`` of PyTorch's cross-entropy, which the heads and the Trainer rely on.
+IGNORE_INDEX = -100
 
 # The seed's table of BERT sizes: (layers, hidden). Heads are hidden / 64, feed-forward 4 x hidden.
 PRESETS: dict[str, tuple[int, int]] = {

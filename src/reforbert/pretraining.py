@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from reforbert.configuration_reforbert import PRESETS, ReforBertConfig
+from reforbert.configuration_reforbert import MASK_ID, PRESETS, ReforBertConfig
 from reforbert.data.shards import VOCAB_MODEL_FILE
 from reforbert.errors import ReforBertInputError
 from reforbert.fileio import atomic_directory, atomic_file
@@ -1004,8 +1004,9 @@ def evaluate(
     model.eval()
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = list(indices)[rank::world]
-    # sums: mlm loss x masked tokens, masked tokens, mlm correct, nsp correct, nsp total
-    totals = torch.zeros(5, dtype=torch.float64)
+    # sums: mlm loss x masked tokens, masked tokens, mlm correct, nsp correct, nsp total,
+    # [MASK]-replaced tokens, correct at them
+    totals = torch.zeros(7, dtype=torch.float64)
     for start in range(0, len(mine), micro_batch_size):
         chunk = mine[start : start + micro_batch_size]
         inputs = model_inputs(make_batch(chunk, 0), accelerator.device, nsp)
@@ -1017,6 +1018,11 @@ def evaluate(
         totals[0] += float(mlm_loss) * true.numel()
         totals[1] += true.numel()
         totals[2] += float((predicted == true).sum())
+        # 10% of masked tokens are left unchanged and are solved by copying the input: report the
+        # positions the model cannot see separately, they show whether it has learned from context.
+        replaced = inputs["input_ids"][inputs["labels"] != -100] == MASK_ID
+        totals[5] += float(replaced.sum())
+        totals[6] += float(((predicted == true) & replaced).sum())
         if nsp and getattr(outputs, "seq_relationship_logits", None) is not None:
             nsp_predicted = outputs.seq_relationship_logits.argmax(dim=-1)
             totals[3] += float((nsp_predicted == inputs["next_sentence_label"].view(-1)).sum())
@@ -1026,6 +1032,7 @@ def evaluate(
     result = {
         "eval_mlm_loss": float(totals[0] / max(float(totals[1]), 1.0)),
         "eval_mlm_accuracy": float(totals[2] / max(float(totals[1]), 1.0)),
+        "eval_mlm_accuracy_at_mask": float(totals[6] / max(float(totals[5]), 1.0)),
     }
     if nsp and totals[4] > 0:
         result["eval_nsp_accuracy"] = float(totals[3] / totals[4])
