@@ -1,0 +1,168 @@
+"""Package a pretrained ReforBERT run as the released checkpoint folder, with its model card.
+
+Writes DESTINATION/ with fp16 ``model.safetensors`` (the config says float32, so ``from_pretrained``
+widens the weights back for training on any device), ``config.json``, the tokenizer files and README.md,
+the model card, filled in from what was measured: each pretraining stage's run folder (settings, steps,
+tokens, wall-clock) and the held-out scores written by ``heldout_mlm.py``.
+
+    python experiments/kowiki_mini/release.py --stages runs/s1 runs/s2 runs/s3 \\
+        --heldout-scores experiments/kowiki_mini/results/heldout_mlm.json \\
+        --destination models/reforbert-mini-kowiki
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+
+import reforbert  # noqa: F401 - registers ReforBERT with the Auto classes
+from reforbert.fileio import atomic_directory
+from reforbert.modeling_reforbert import ReforBertForPreTraining
+
+CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
+
+
+def stage_facts(run_dir: Path) -> dict:
+    """Settings and totals of one `reforbert pretrain` run folder (all its invocations)."""
+    settings = json.loads((run_dir / "run_settings.json").read_text(encoding="utf-8"))
+    seconds, last_elapsed, last = 0.0, 0.0, None
+    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if "elapsed" not in record:
+            continue
+        if record["elapsed"] < last_elapsed:  # a resumed invocation restarts its clock
+            seconds += last_elapsed
+        last_elapsed, last = record["elapsed"], record
+    evaluations = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        if '"eval_mlm_loss"' in line
+    ]
+    return {
+        "max_seq_len": settings["max_seq_len"],
+        "micro_batch_size": settings["micro_batch_size"],
+        "global_batch_size": settings["global_batch_size"],
+        "learning_rate": settings["learning_rate"],
+        "warmup_steps": settings["warmup_steps"],
+        "schedule_steps": settings["schedule_steps"],
+        "steps": last["step"],
+        "tokens": last["tokens_seen"],
+        "minutes": (seconds + last_elapsed) / 60.0,
+        "last_evaluation": evaluations[-1] if evaluations else {},
+    }
+
+
+def stage_table(stages: list[dict]) -> str:
+    lines = [
+        "| stage | length | global batch | peak LR (warm-up, schedule) | steps | tokens | wall-clock | "
+        "held-out MLM loss / acc. at [MASK] / NSP acc. at its length |",
+        "|---|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for number, stage in enumerate(stages, start=1):
+        last = stage["last_evaluation"]
+        scores = (
+            f"{last['eval_mlm_loss']:.2f} / {100 * last['eval_mlm_accuracy_at_mask']:.1f}% / "
+            f"{100 * last['eval_nsp_accuracy']:.1f}%"
+            if last
+            else "–"
+        )
+        lines.append(
+            f"| {number} | {stage['max_seq_len']} | {stage['global_batch_size']} | "
+            f"{stage['learning_rate']:g} ({stage['warmup_steps']} warm-up, linear to 0 at step "
+            f"{stage['schedule_steps']}) | {stage['steps']:,} | {stage['tokens']:,} | "
+            f"{stage['minutes']:.1f} min | {scores} |"
+        )
+    return "\n".join(lines)
+
+
+def reproduce_commands(stages: list[dict]) -> str:
+    """The `reforbert pretrain` command of each stage, from the settings it recorded."""
+    commands = []
+    for number, stage in enumerate(stages, start=1):
+        length = stage["max_seq_len"]
+        micro = stage["micro_batch_size"]
+        init = f" --init-from runs/s{number - 1}/model" if number > 1 else ""
+        commands.append(
+            f"reforbert pretrain --data train{length} --eval-data heldout{length} --vocab vocab "
+            f"--output runs/s{number}{init} \\\n"
+            f"    --preset mini --attention full --no-reversible --config hidden_dropout_prob=0.0 "
+            f"--precision bf16 --max-seq-len {length} \\\n"
+            f"    --global-batch-size {stage['global_batch_size']} --micro-batch-size {micro} "
+            f"--learning-rate {stage['learning_rate']:g} --warmup-steps {stage['warmup_steps']} "
+            f"--max-steps {stage['schedule_steps']} --time-budget-minutes {stage['budget_minutes']:g}"
+        )
+    return "\n".join(commands)
+
+
+def write_release(model_dir: Path, destination: Path, card: str) -> None:
+    model = ReforBertForPreTraining.from_pretrained(str(model_dir), dtype=torch.float32)
+    # Pretraining ran without dropout; fine-tuning starts from BERT's usual 0.1 on hidden states.
+    model.config.hidden_dropout_prob = 0.1
+    model.config.attention_backend = "auto"
+    with atomic_directory(destination) as tmp:
+        model.half().save_pretrained(str(tmp), safe_serialization=True)
+        config_file = tmp / "config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config["dtype"] = "float32"  # stored as fp16 for size; loaded and trained as fp32
+        config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        for entry in model_dir.iterdir():
+            if entry.is_file() and entry.suffix != ".safetensors" and entry.name != "config.json":
+                shutil.copy2(entry, tmp / entry.name)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--stages", type=Path, nargs="+", required=True, help="The stages' run folders, in order."
+    )
+    parser.add_argument("--heldout-scores", type=Path, required=True, help="JSON written by heldout_mlm.py.")
+    parser.add_argument("--destination", type=Path, required=True, help="The release folder to (re)write.")
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        nargs="+",
+        required=True,
+        help="Each stage's --time-budget-minutes (per invocation), for the reproduce commands.",
+    )
+    parser.add_argument(
+        "--hardware",
+        default=platform.processor() or platform.machine(),
+        help="What the stages ran on, for the card.",
+    )
+    args = parser.parse_args()
+    if len(args.budget_minutes) != len(args.stages):
+        parser.error("give one --budget-minutes value per stage")
+    stages = [
+        {**stage_facts(run), "budget_minutes": minutes}
+        for run, minutes in zip(args.stages, args.budget_minutes, strict=True)
+    ]
+    scores = json.loads(args.heldout_scores.read_text(encoding="utf-8"))
+    facts = {
+        "stage_table": stage_table(stages),
+        "reproduce_commands": reproduce_commands(stages),
+        "total_steps": f"{sum(s['steps'] for s in stages):,}",
+        "total_tokens": f"{sum(s['tokens'] for s in stages):,}",
+        "total_minutes": f"{sum(s['minutes'] for s in stages):.1f}",
+        "hardware": args.hardware,
+        "heldout_instances": f"{scores['instances']:,}",
+        "heldout_masked": f"{scores['masked_tokens']:,}",
+        "mlm_loss": f"{scores['mlm_loss']:.3f}",
+        "mlm_accuracy": f"{100 * scores['mlm_accuracy']:.1f}",
+        "mlm_accuracy_at_mask": f"{100 * scores['mlm_accuracy_at_mask']:.1f}",
+        "nsp_accuracy": f"{100 * scores['nsp_accuracy']:.1f}",
+    }
+    card = CARD_TEMPLATE.read_text(encoding="utf-8").format(**facts)
+    write_release(args.stages[-1] / "model", args.destination, card)
+    print(f"wrote {args.destination}")
+
+
+if __name__ == "__main__":
+    main()
