@@ -12,6 +12,12 @@ what it measured): ``model_throughput.json`` (one record per configuration), ``m
 
     python benchmarks/model_throughput.py --quick --output-dir /tmp/bench
     python benchmarks/model_throughput.py --device cuda --output-dir "$OUT"
+
+``--targets cpu`` (or ``gpu``) measures exactly the rows that ReforBERT's speed and memory goals are
+stated in, and the Markdown then lists each goal with its measured ratio:
+
+    python benchmarks/model_throughput.py --targets cpu --output-dir benchmarks/results/targets-cpu
+    python benchmarks/model_throughput.py --targets gpu --output-dir "$OUT"
 """
 
 from __future__ import annotations
@@ -38,12 +44,22 @@ OUTPUT_NAME = "model_throughput"
 
 DEFAULT_LENGTHS = (512, 2048, 8192, 16384, 65536)
 ALL_BACKENDS = ("lsh", "full", "auto")
-ALL_PEERS = ("bert", "reformer-pytorch", "hf-reformer", "hf-reformer-lsh")
+ALL_PEERS = ("bert", "bert-attention-dropout-0", "reformer-pytorch", "hf-reformer", "hf-reformer-lsh")
+PEER_FAMILIES = {
+    "bert": "bert-sdpa",
+    "bert-attention-dropout-0": "bert-sdpa (attention dropout 0)",
+    "reformer-pytorch": "reformer-pytorch",
+    "hf-reformer": "hf-reformer (lsh/local)",
+    "hf-reformer-lsh": "hf-reformer (all lsh)",
+}
+# ReforBERT's exact-attention kernels (modeling_reforbert.ATTENTION_KERNELS["full"]); "flex" runs on CUDA.
+FULL_KERNELS = ("sdpa", "flex")
 ALL_DTYPES = ("fp32", "bf16")
 
 # The "mini" shape shared by every model so that the comparison is about attention and memory
-# layout, not model size.
+# layout, not model size; "base" only where a goal is stated for it (ReforBERT and BERT).
 VOCAB_SIZE = 8007
+SIZES = {"mini": (4, 256), "base": (12, 768)}  # layers, hidden; heads hidden / 64, feed-forward 4 x hidden
 HIDDEN = 256
 LAYERS = 4
 HEADS = 4
@@ -71,23 +87,29 @@ class BenchConfig:
     warmup_steps: int = 2
     timed_steps: int = 3
     memory_limit_gb: float = 0.0  # address-space cap of the child on CPU; 0 = none
+    full_kernel: str = "sdpa"  # ReforBERT exact-attention kernel, one of FULL_KERNELS
+    size: str = "mini"  # one of SIZES; "base" for ReforBERT and BERT only
+    timeout_s: float = 0.0  # this configuration's time limit; 0 = the run's --timeout
 
     @property
     def family(self) -> str:
         """Name of the line in the plot and the row in the tables (dtype excluded)."""
         if self.model == "reforbert":
-            return f"reforbert-{self.backend}-{'rev' if self.reversible else 'norev'}"
-        return {
-            "bert": "bert-sdpa",
-            "reformer-pytorch": "reformer-pytorch",
-            "hf-reformer": "hf-reformer (lsh/local)",
-            "hf-reformer-lsh": "hf-reformer (all lsh)",
-        }[self.model]
+            name = f"reforbert-{self.backend}-{'rev' if self.reversible else 'norev'}"
+            if self.full_kernel != "sdpa" and self.backend != "lsh":
+                name += f"-{self.full_kernel}"
+        else:
+            name = PEER_FAMILIES[self.model]
+        return name if self.size == "mini" else f"{name} {self.size}"
+
+    @property
+    def heads(self) -> int:
+        return SIZES[self.size][1] // 64
 
     @property
     def exact_attention(self) -> bool:
         """Whether this configuration computes exact (quadratic) attention over the whole length."""
-        if self.model == "bert":
+        if self.model.startswith("bert"):
             return True
         if self.model == "reforbert":
             return self.backend == "full" or (
@@ -97,7 +119,7 @@ class BenchConfig:
 
     def dense_attention_gb(self) -> float:
         """Size of one layer's fp32 attention-score matrix (batch x heads x L x L)."""
-        return self.batch_size * HEADS * self.length**2 * 4 / 1e9
+        return self.batch_size * self.heads * self.length**2 * 4 / 1e9
 
 
 def batch_size_for(length: int) -> int:
@@ -123,11 +145,13 @@ def build_model(config: BenchConfig):
     import torch.nn.functional as F
 
     if config.model == "reforbert":
+        from reforbert import modeling_reforbert
         from reforbert.configuration_reforbert import ReforBertConfig
         from reforbert.modeling_reforbert import ReforBertForMaskedLM
 
+        modeling_reforbert.ATTENTION_KERNELS["full"] = config.full_kernel
         model_config = ReforBertConfig.from_preset(
-            "mini",
+            config.size,
             attention_backend=config.backend,
             reversible=config.reversible,
             lsh_bucket_size=BUCKET_SIZE,
@@ -137,17 +161,20 @@ def build_model(config: BenchConfig):
         )
         return ReforBertForMaskedLM(model_config), _hf_loss
 
-    if config.model == "bert":
+    if config.model.startswith("bert"):
         from transformers import BertConfig, BertForMaskedLM
 
+        layers, hidden = SIZES[config.size]
         model_config = BertConfig(
             vocab_size=VOCAB_SIZE,
-            hidden_size=HIDDEN,
-            num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS,
-            intermediate_size=INTERMEDIATE,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=hidden // 64,
+            intermediate_size=4 * hidden,
             max_position_embeddings=config.length,
         )
+        if config.model == "bert-attention-dropout-0":
+            model_config.attention_probs_dropout_prob = 0.0  # ReforBERT's default
         model = BertForMaskedLM._from_config(model_config, attn_implementation="sdpa")
         if model.config._attn_implementation != "sdpa":
             raise RuntimeError(f"BERT runs {model.config._attn_implementation!r} attention, not sdpa")
@@ -270,6 +297,10 @@ def run_child(config: BenchConfig, result: dict[str, Any]) -> None:
     model, loss_fn = build_model(config)
     model.to(device).train()
     result["parameters"] = sum(p.numel() for p in model.parameters())
+    # Each weight of a linear layer costs 6 FLOPs per token in a training step (2 forward, 4 backward).
+    result["linear_weights"] = sum(
+        module.weight.numel() for module in model.modules() if isinstance(module, torch.nn.Linear)
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     input_ids, labels = masked_batch(config, device)
     result["masked_positions"] = int((labels != -100).sum())
@@ -379,6 +410,106 @@ def build_matrix(
                         model=peer, length=length, batch_size=batch_size_for(length), dtype=dtype, **common
                     )
                 )
+    return configs
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A stated goal: ReforBERT's ``ours`` row against the fastest of ``peers`` at one length."""
+
+    ours: str  # family
+    peers: tuple[str, ...]  # families
+    length: int
+    dtype: str
+    minimum_ratio: float | None  # tokens/s of ours over the fastest peer; None: report only
+    memory_no_higher: bool = False  # peak memory of ours at most the lowest of the peers'
+    memory_at_most_gb: float | None = None  # peak memory of ours at most this
+
+
+LSH_REV, FULL_NOREV, FULL_FLEX_NOREV = (
+    "reforbert-lsh-rev",
+    "reforbert-full-norev",
+    "reforbert-full-norev-flex",
+)
+BERT, BERT_NO_ATTENTION_DROPOUT = PEER_FAMILIES["bert"], PEER_FAMILIES["bert-attention-dropout-0"]
+HF_REFORMER = PEER_FAMILIES["hf-reformer"]
+REFORMERS = (PEER_FAMILIES["reformer-pytorch"], HF_REFORMER)
+TARGETS = {
+    "cpu": [
+        Target(FULL_NOREV, (BERT_NO_ATTENTION_DROPOUT,), 512, "fp32", 1.3),
+        Target(FULL_NOREV, (BERT,), 512, "fp32", None),
+        *(Target(LSH_REV, REFORMERS, length, "fp32", 1.5, True) for length in (8192, 16384, 65536)),
+        Target(LSH_REV, (), 131072, "fp32", None),
+        Target(LSH_REV, (), 262144, "fp32", None, memory_at_most_gb=20.0),
+    ],
+    "gpu": [
+        *(
+            Target(ours, (BERT_NO_ATTENTION_DROPOUT,), length, "bf16", 1.0)
+            for length in (512, 8192)
+            for ours in (FULL_NOREV, FULL_FLEX_NOREV)
+        ),
+        *(
+            Target(ours, (BERT_NO_ATTENTION_DROPOUT,), 65536, "bf16", None, True)
+            for ours in (FULL_NOREV, FULL_FLEX_NOREV)
+        ),
+        Target(LSH_REV, (HF_REFORMER,), 65536, "bf16", 1.0),
+        Target(LSH_REV, (BERT_NO_ATTENTION_DROPOUT,), 262144, "bf16", 2.0),
+        Target(f"{FULL_NOREV} base", (), 512, "bf16", None),
+        Target(f"{FULL_FLEX_NOREV} base", (), 512, "bf16", None),
+    ],
+}
+# The slowest rate a target configuration is given time for: long sequences get long time limits.
+TARGET_MINIMUM_TOKENS_PER_S = {"cpu": 100.0, "gpu": 1000.0}
+TARGET_STARTUP_S = 120.0  # imports, model construction and (for FlexAttention) compilation
+# Address-space cap of CPU children beyond 65,536 tokens: the goal there is 20 GB of peak RSS.
+LONG_CONTEXT_MEMORY_LIMIT_GB = 23.0
+
+
+def target_matrix(
+    host: str, warmup_steps: int, timed_steps: int, memory_limit_gb: float, timeout_s: float
+) -> list[BenchConfig]:
+    """The configurations that the goals of ``host`` ("cpu" or "gpu") compare, one each."""
+    device = "cuda" if host == "gpu" else "cpu"
+    families: dict[tuple[str, int, str], None] = {}
+    for target in TARGETS[host]:
+        for family in (target.ours, *target.peers):
+            families.setdefault((family, target.length, target.dtype), None)
+    configs = []
+    peer_models = {family: model for model, family in PEER_FAMILIES.items()}
+    for family, length, dtype in families:
+        size = "base" if family.endswith(" base") else "mini"
+        name = family.removesuffix(" base")
+        fields: dict[str, Any]
+        if name.startswith("reforbert-"):
+            _, backend, rev, *kernel = name.split("-")
+            fields = dict(model="reforbert", backend=backend, reversible=rev == "rev")
+            fields["full_kernel"] = kernel[0] if kernel else "sdpa"
+        else:
+            fields = dict(model=peer_models[name])
+        batch_size = batch_size_for(length)
+        # One warm-up and one timed step beyond 16,384 tokens, where a step takes minutes on a CPU.
+        steps = (1, 1) if length > 16384 else (warmup_steps, timed_steps)
+        if device == "cuda":
+            memory_limit = 0.0
+        elif length > 65536:
+            memory_limit = max(memory_limit_gb, LONG_CONTEXT_MEMORY_LIMIT_GB)
+        else:
+            memory_limit = memory_limit_gb
+        slowest_run_s = sum(steps) * batch_size * length / TARGET_MINIMUM_TOKENS_PER_S[host]
+        configs.append(
+            BenchConfig(
+                length=length,
+                batch_size=batch_size,
+                dtype=dtype,
+                device=device,
+                size=size,
+                warmup_steps=steps[0],
+                timed_steps=steps[1],
+                memory_limit_gb=memory_limit,
+                timeout_s=max(timeout_s, TARGET_STARTUP_S + slowest_run_s),
+                **fields,
+            )
+        )
     return configs
 
 
@@ -506,6 +637,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fast subset: length 512, fp32, lsh and full, reversible on, all peers, 1+1 steps",
     )
+    parser.add_argument(
+        "--targets",
+        choices=tuple(TARGETS),
+        help="measure the configurations that ReforBERT's speed and memory goals compare on this host kind "
+        "(cpu: fp32 on the CPU; gpu: bf16 on CUDA) and list each goal with its measured ratio; the "
+        "matrix options are then ignored, --warmup, --steps, --timeout and --memory-limit-gb still apply",
+    )
+    parser.add_argument(
+        "--full-kernel",
+        choices=FULL_KERNELS,
+        default="sdpa",
+        help="ReforBERT exact-attention kernel for the matrix runs: sdpa (dense mask) or flex "
+        "(FlexAttention, CUDA only) (default sdpa)",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="the device's peak dense TFLOP/s at the measured precision; when given, the Markdown reports "
+        "model FLOP utilisation (6 FLOPs per linear weight per token, plus exact attention's scores)",
+    )
     parser.add_argument("--child-spec", help=argparse.SUPPRESS)
     return parser
 
@@ -538,6 +689,12 @@ def run_benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
     if timed_steps < 1 or warmup_steps < 0 or timeout_s <= 0:
         raise BenchmarkArgumentError("--steps must be >= 1, --warmup >= 0 and --timeout > 0")
 
+    if args.targets:
+        args.device = "cuda" if args.targets == "gpu" else "cpu"
+    elif args.full_kernel == "flex" and args.device != "cuda":
+        raise BenchmarkArgumentError(
+            "--full-kernel flex: FlexAttention trains on CUDA only; add --device cuda"
+        )
     if args.device == "cuda":
         import torch
 
@@ -550,17 +707,21 @@ def run_benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
         print(f"{existing[0]}: already exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
 
-    configs = build_matrix(
-        lengths=lengths,
-        backends=backends,
-        reversible=reversible,
-        dtypes=dtypes,
-        peers=peers,
-        device=args.device,
-        warmup_steps=warmup_steps,
-        timed_steps=timed_steps,
-        memory_limit_gb=args.memory_limit_gb if args.device == "cpu" else 0.0,
-    )
+    if args.targets:
+        configs = target_matrix(args.targets, warmup_steps, timed_steps, args.memory_limit_gb, timeout_s)
+    else:
+        configs = build_matrix(
+            lengths=lengths,
+            backends=backends,
+            reversible=reversible,
+            dtypes=dtypes,
+            peers=peers,
+            device=args.device,
+            warmup_steps=warmup_steps,
+            timed_steps=timed_steps,
+            memory_limit_gb=args.memory_limit_gb if args.device == "cpu" else 0.0,
+        )
+        configs = [dataclasses.replace(config, full_kernel=args.full_kernel) for config in configs]
     if not configs:
         raise BenchmarkArgumentError("nothing to measure: every list is empty")
 
@@ -577,6 +738,8 @@ def run_benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
         "nice": os.nice(0),
         # Ties the numbers to the exact model code that produced them.
         "reforbert_modeling_sha256": modeling_source_digest(),
+        "targets": args.targets,
+        "peak_tflops": args.peak_tflops,
     }
     records: list[dict[str, Any]] = []
     run_started = time.perf_counter()
@@ -599,7 +762,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
         elif args.total_budget and spent > args.total_budget:
             record["status"] = f"not run: total time budget of {args.total_budget:.0f} s spent"
         else:
-            record.update(run_in_child(config, timeout_s))
+            record.update(run_in_child(config, config.timeout_s or timeout_s))
         records.append(record)
         tqdm.write(summary_line(record))
         write_json(outputs["json"], run_info, records, complete=False)
@@ -752,6 +915,10 @@ def write_markdown(path: Path, run_info: dict[str, Any], records: list[dict[str,
             memory = peak_memory_mb(record) if record else None
             cells.append(_cell(record, f"{memory:,.0f}" if memory is not None else ""))
         lines.append(f"| {family} | {dtype} | " + " | ".join(cells) + " |")
+    if run_info.get("peak_tflops"):
+        lines += mfu_lines(records, run_info["peak_tflops"])
+    if run_info.get("targets"):
+        lines += goal_lines(TARGETS[run_info["targets"]], by_key)
     failed = [r for r in records if r["status"] != "ok"]
     if failed:
         lines += ["", "## Configurations without a measurement", ""]
@@ -762,6 +929,66 @@ def write_markdown(path: Path, run_info: dict[str, Any], records: list[dict[str,
     with atomic_file(path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
     _make_readable(path)
+
+
+def training_flops_per_token(record: dict[str, Any]) -> float:
+    """6 FLOPs per linear weight (forward 2, backward 4), plus exact attention's two L x L products."""
+    layers, hidden = SIZES[record.get("size", "mini")]
+    attention = 12 * layers * hidden * record["length"] if record["exact_attention"] else 0
+    return 6 * record["linear_weights"] + attention
+
+
+def mfu_lines(records: list[dict[str, Any]], peak_tflops: float) -> list[str]:
+    lines = ["", f"## Model FLOP utilisation (peak {peak_tflops:g} TFLOP/s as given)", ""]
+    for record in records:
+        if record["status"] == "ok" and "linear_weights" in record:
+            flops = training_flops_per_token(record)
+            utilisation = record["tokens_per_s"] * flops / (peak_tflops * 1e12)
+            lines.append(
+                f"- {record['family']} {record['dtype']} L={record['length']}: {flops / 1e9:.2f} GFLOP per "
+                f"token, MFU {100 * utilisation:.1f}%"
+                + ("" if record["exact_attention"] else " (LSH attention not counted)")
+            )
+    return lines
+
+
+def goal_lines(targets: list[Target], by_key: dict[tuple[str, str, int], dict[str, Any]]) -> list[str]:
+    """One line per goal: the measured rate and memory, the ratio to the fastest peer, met or missed."""
+
+    def measured(family: str, target: Target) -> dict[str, Any] | None:
+        record = by_key.get((family, target.dtype, target.length))
+        return record if record is not None and record["status"] == "ok" else None
+
+    lines = ["", "## Goals", ""]
+    for target in targets:
+        line = f"- {target.ours} {target.dtype} L={target.length}"
+        ours = measured(target.ours, target)
+        if ours is None:
+            lines.append(line + ": no measurement (see below)")
+            continue
+        our_memory = peak_memory_mb(ours) or 0.0
+        line += f": {ours['tokens_per_s']:,.0f} tokens/s, peak {our_memory:,.0f} MB"
+        if target.memory_at_most_gb is not None:
+            met = our_memory <= target.memory_at_most_gb * 1024
+            line += f" (goal at most {target.memory_at_most_gb:g} GB: {'met' if met else 'missed'})"
+        peers = [record for family in target.peers if (record := measured(family, target))]
+        if target.peers and not peers:
+            line += "; no peer measured"
+        elif peers:
+            fastest = max(peers, key=lambda record: record["tokens_per_s"])
+            ratio = ours["tokens_per_s"] / fastest["tokens_per_s"]
+            line += f"; {ratio:.2f}x {fastest['family']} ({fastest['tokens_per_s']:,.0f} tokens/s)"
+            if target.minimum_ratio is not None:
+                met = ratio >= target.minimum_ratio
+                line += f", goal at least {target.minimum_ratio:g}x: {'met' if met else 'missed'}"
+            if target.memory_no_higher:
+                lowest = min(peak_memory_mb(record) or 0.0 for record in peers)
+                met = our_memory <= lowest
+                line += f"; memory goal at most {lowest:,.0f} MB (lowest peer): {'met' if met else 'missed'}"
+            if len(peers) < len(target.peers):
+                line += " (not every peer measured)"
+        lines.append(line)
+    return lines
 
 
 def write_plot(path: Path, records: list[dict[str, Any]]) -> None:

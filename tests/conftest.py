@@ -31,3 +31,18 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture(scope="package")
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return build_tiny_tokenizer()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each test starts as a new `reforbert` process would: without Accelerate state.
+
+    Accelerate keeps one process-wide state and refuses an Accelerator with other settings once it
+    exists; the Hugging Face Trainer (fine-tuning) sets bf16 where the CPU supports it, while the
+    pretraining loop always asks for "no" because it autocasts itself. Only tests run both in one
+    process, so only the tests reset it (the way Accelerate's own test cases do).
+    """
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -401,12 +401,12 @@ def test_download_resumes_a_partial_file(tmp_path: Path, server: RangeServer) ->
 def test_interrupted_download_resumes_on_the_next_run(tmp_path: Path, server: RangeServer) -> None:
     destination = tmp_path / "dump.xml.bz2"
     server.cut_after = 300
+    checksums = dump_url(server, "sha1sums.txt")
     with pytest.raises(ReforBertInputError, match="run again to resume"):
-        download_dump(dump_url(server), destination, show_progress=False)
+        download_dump(dump_url(server), destination, checksums_url=checksums, show_progress=False)
     assert not destination.exists()
     assert (tmp_path / "dump.xml.bz2.part").stat().st_size == 300
     server.cut_after = None
-    checksums = dump_url(server, "sha1sums.txt")
     download_dump(dump_url(server), destination, checksums_url=checksums, show_progress=False)
     assert destination.read_bytes() == server.payload
     assert server.requests == [None, "bytes=300-"]
@@ -418,6 +418,29 @@ def test_download_checksum_mismatch_keeps_nothing(tmp_path: Path, server: RangeS
     with pytest.raises(ReforBertInputError, match=expected):
         download_dump(dump_url(server), destination, md5="0" * 32, show_progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_download_checksum_mismatch_is_kept_only_when_accepted(tmp_path, server, capsys) -> None:
+    destination = tmp_path / "dump.xml.bz2"
+    actual = hashlib.md5(server.payload).hexdigest()
+    download_dump(dump_url(server), destination, md5="0" * 32, accept_mismatch=True, show_progress=False)
+    assert destination.read_bytes() == server.payload
+    warning = capsys.readouterr().err
+    assert f"{destination}: md5 checksum mismatch: expected {'0' * 32}, got {actual}" in warning
+    # An existing file that does not match is refused too, and left where it is.
+    with pytest.raises(ReforBertInputError, match=f"got {actual}; pass --accept-checksum-mismatch"):
+        download_dump(dump_url(server), destination, md5="1" * 32, show_progress=False)
+    assert destination.read_bytes() == server.payload
+
+
+def test_download_without_a_known_checksum_needs_permission(tmp_path, server, capsys) -> None:
+    destination = tmp_path / "dump.xml.bz2"
+    with pytest.raises(ReforBertInputError, match="no checksum known for this download.*--allow-unverified"):
+        download_dump(dump_url(server), destination, show_progress=False)
+    assert server.requests == [] and list(tmp_path.iterdir()) == []  # refused before fetching anything
+    download_dump(dump_url(server), destination, allow_unverified=True, show_progress=False)
+    assert destination.read_bytes() == server.payload
+    assert f"sha256 is {hashlib.sha256(server.payload).hexdigest()}" in capsys.readouterr().err
 
 
 def test_cli_download_then_clean(tmp_path: Path, server: RangeServer) -> None:

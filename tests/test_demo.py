@@ -1,4 +1,5 @@
-"""The embedded sample data parses in its formats, and ``reforbert demo --quick`` runs end to end."""
+"""The embedded sample data parses in its formats, and ``reforbert demo --quick`` runs end to end,
+from a checkpoint (the default) and ``--from-scratch``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
+from reforbert import demo
+from reforbert.cli import build_parser, main
+from reforbert.configuration_reforbert import ReforBertConfig
 from reforbert.data.vocab import iter_documents
 from reforbert.demo import (
     SAMPLE_CORPUS_DIR,
@@ -18,6 +23,7 @@ from reforbert.demo import (
     sample_corpus_files,
 )
 from reforbert.errors import ReforBertInputError
+from reforbert.modeling_reforbert import ReforBertForPreTraining
 from reforbert.tasks import get_task
 
 # What resources/README.md states about the sample data.
@@ -72,21 +78,21 @@ def test_demo_refuses_an_existing_folder_and_never_deletes_foreign_files(tmp_pat
     output.mkdir()
     (output / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(ReforBertInputError, match="already exists"):
-        run_demo(output, quick=True)
+        run_demo(output, from_scratch=True, quick=True)
     with pytest.raises(ReforBertInputError, match="did not write"):
-        run_demo(output, quick=True, overwrite=True)
+        run_demo(output, from_scratch=True, quick=True, overwrite=True)
     assert (output / "notes.txt").read_text(encoding="utf-8") == "mine"
 
 
 def test_demo_rejects_corpus_together_with_data_dir(tmp_path: Path) -> None:
     with pytest.raises(ReforBertInputError, match="not both"):
-        run_demo(tmp_path / "demo", corpus=tmp_path, data_dir=tmp_path, quick=True)
+        run_demo(tmp_path / "demo", from_scratch=True, corpus=tmp_path, data_dir=tmp_path, quick=True)
     assert not (tmp_path / "demo").exists()
 
 
 def test_demo_rejects_an_unknown_preset_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ReforBertInputError, match="unknown preset"):
-        run_demo(tmp_path / "demo", preset="huge", quick=True)
+        run_demo(tmp_path / "demo", from_scratch=True, preset="huge", quick=True)
     assert not (tmp_path / "demo").exists()
 
 
@@ -126,11 +132,17 @@ def test_quick_demo_runs_end_to_end(tmp_path: Path) -> None:
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     output = tmp_path / "demo"
-    summary = run_demo(output, quick=True)
+    summary = run_demo(output, from_scratch=True, quick=True)
 
     assert json.loads((output / "demo_summary.json").read_text(encoding="utf-8")) == summary
     assert list(summary["stage_seconds"]) == [
-        "corpus", "vocabulary", "pretraining data", "pretraining", "fine-tuning", "report"]
+        "corpus",
+        "vocabulary",
+        "pretraining data",
+        "pretraining",
+        "fine-tuning",
+        "report",
+    ]
     paths = {key: Path(value) for key, value in summary["paths"].items()}
 
     results = json.loads(paths["results_json"].read_text(encoding="utf-8"))
@@ -152,4 +164,71 @@ def test_quick_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert f"{results['metrics']['accuracy']:.2f} (test, 100)" in table
 
     with pytest.raises(ReforBertInputError, match="already exists"):
-        run_demo(output, quick=True)
+        run_demo(output, from_scratch=True, quick=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The default path: fine-tune a pretrained checkpoint (a tiny stand-in here)
+
+
+def test_demo_without_the_released_checkpoint_says_what_to_pass(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(demo, "DEFAULT_MODEL", tmp_path / "models" / "reforbert-mini-kowiki")
+    assert main(["demo", "--output", str(tmp_path / "demo")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "--model PATH" in error and "--from-scratch" in error and "reforbert-mini-kowiki" in error
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_pretraining_flags_need_from_scratch(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--model", str(tmp_path), "--preset", "mini", "--pretrain-minutes", "1"]) == 2
+    assert "--preset, --pretrain-minutes: only with --from-scratch" in capsys.readouterr().err
+    assert main(["demo", "--model", str(tmp_path), "--from-scratch"]) == 2
+    assert "either --model or --from-scratch" in capsys.readouterr().err
+
+
+def test_demo_keeps_old_flag_spellings_out_of_help(capsys) -> None:
+    args = build_parser(["demo"]).parse_args(["demo", "--output-dir", "elsewhere", "--finetune-minutes", "3"])
+    assert args.output == "elsewhere" and args.time_budget_minutes == 3.0
+    assert "--output-dir is deprecated" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--output-dir" not in help_text and "--finetune-minutes" not in help_text
+    assert "example:\n  reforbert demo " in help_text
+
+
+@pytest.fixture
+def stand_in_checkpoint(tmp_path: Path, tiny_tokenizer) -> Path:
+    """A tiny random ReforBERT stored in fp16 with its tokenizer, as the released checkpoint is."""
+    folder = tmp_path / "stand-in-checkpoint"
+    torch.manual_seed(0)
+    config = ReforBertConfig.from_preset(
+        "tiny", vocab_size=len(tiny_tokenizer), hidden_size=32, num_attention_heads=2, intermediate_size=64
+    )
+    ReforBertForPreTraining(config).half().save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_default_demo_fine_tunes_the_given_checkpoint(tmp_path: Path, stand_in_checkpoint: Path) -> None:
+    output = tmp_path / "demo"
+    summary = run_demo(output, model=stand_in_checkpoint, quick=True)
+
+    assert list(summary["stage_seconds"]) == ["model", "fine-tuning", "report"]
+    assert summary["checkpoint"] == str(stand_in_checkpoint)
+    assert "pretraining" not in summary and not (output / "pretraining").exists()
+    results = json.loads(Path(summary["paths"]["results_json"]).read_text(encoding="utf-8"))
+    assert results["task"] == "nsmc" and results["num_eval_examples"] == 100 and results["steps"] == 3
+    # Fine-tuned from an fp32 copy of the fp16 checkpoint, with the same weights.
+    copied = ReforBertForPreTraining.from_pretrained(summary["paths"]["model"])
+    original = ReforBertForPreTraining.from_pretrained(stand_in_checkpoint)
+    name = "reforbert.embeddings.word_embeddings.weight"
+    assert copied.state_dict()[name].dtype == torch.float32
+    assert torch.equal(copied.state_dict()[name], original.state_dict()[name].float())
+    table = Path(summary["paths"]["results_table"]).read_text(encoding="utf-8")
+    assert "**stand-in-checkpoint (demo, sample sentiment set)**" in table
+    assert (output / "RESULTS.png").read_bytes()[:8] == PNG_MAGIC
+    # The demo may replace its own folder, model copy included.
+    assert run_demo(output, model=stand_in_checkpoint, quick=True, overwrite=True)["checkpoint"]

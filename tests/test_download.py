@@ -63,6 +63,22 @@ def test_mismatching_checksum_leaves_no_file(server, tmp_path):
     assert list(out.iterdir()) == []  # neither the file nor a temporary
 
 
+def test_mismatching_checksum_is_kept_only_when_accepted(server, tmp_path, monkeypatch, capsys):
+    """The same policy as the corpus download: refuse, naming the file and both digests, unless accepted."""
+    out = tmp_path / "out"
+    remote = RemoteFile("sts-dev.tsv", f"{server}/sts-dev.tsv", "0" * 64)
+    with pytest.raises(ReforBertInputError) as refused:
+        download_files([remote], out)
+    message = str(refused.value)
+    assert message.startswith(f"{out / 'sts-dev.tsv'}: sha256 checksum mismatch: expected {'0' * 64}, got ")
+    assert sha256(STS) in message and "--accept-checksum-mismatch" in message and "\n" not in message
+    monkeypatch.setitem(download.SOURCES, "korsts", (remote,))
+    assert cli.main(["data", "download", "korsts", "-o", str(out), "--accept-checksum-mismatch"]) == 0
+    captured = capsys.readouterr()
+    assert "kept DESPITE a checksum mismatch" in captured.out and "warning:" in captured.err
+    assert (out / "sts-dev.tsv").read_bytes() == STS
+
+
 def test_existing_file_is_not_replaced_without_overwrite(server, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -22,6 +22,7 @@ from reforbert.cli import main
 from reforbert.errors import ReforBertInputError
 from reforbert.finetuning import PaddingCollator, finetune, resolve_bf16, subsample
 from reforbert.modeling_reforbert import ReforBertForPreTraining
+from reforbert.tasks import get_task
 
 FILLER = [a + b for a in "가나다라마바사아자차" for b in "고노도로모"]  # 50 two-syllable words
 POSITIVE = "좋다"
@@ -154,10 +155,25 @@ def test_sequence_classification_learns_token_presence(model_dir, tmp_path):
     results_dir = tmp_path / "results"
     code = main(
         [
-            "finetune", task, "--model", str(model_dir),
-            "--train", str(tmp_path / "ratings_train.txt"), "--eval", str(tmp_path / "ratings_test.txt"),
-            "--results-dir", str(results_dir), "--epochs", "6", "--learning-rate", "5e-3",
-            "--batch-size", "16", "--no-progress", "--output-dir", str(tmp_path / "finetuned"),
+            "finetune",
+            task,
+            "--model",
+            str(model_dir),
+            "--train",
+            str(tmp_path / "ratings_train.txt"),
+            "--eval",
+            str(tmp_path / "ratings_test.txt"),
+            "--results-dir",
+            str(results_dir),
+            "--epochs",
+            "6",
+            "--learning-rate",
+            "5e-3",
+            "--batch-size",
+            "16",
+            "--no-progress",
+            "-o",
+            str(tmp_path / "finetuned"),
         ]
     )
     assert code == 0
@@ -193,8 +209,13 @@ def test_regression_learns_a_count_on_a_carved_dev_split(model_dir, tmp_path):
     task = registered_task("korsts")
     write_korsts(tmp_path / "sts-train.tsv", 320, seed=3)
     results = finetune(
-        task, model_dir, tmp_path / "sts-train.tsv", dev_fraction=0.25, results_dir=tmp_path / "r",
-        epochs=4, **TRAIN,
+        task,
+        model_dir,
+        tmp_path / "sts-train.tsv",
+        dev_fraction=0.25,
+        results_dir=tmp_path / "r",
+        epochs=4,
+        **TRAIN,
     )
     # Guessing gives a Spearman correlation near 0.
     assert results["metrics"]["spearman"] >= 60.0
@@ -211,8 +232,13 @@ def test_token_classification_learns_name_words(model_dir, tmp_path):
     write_naver_ner(tmp_path / "train.tsv", 240, seed=4)
     write_naver_ner(tmp_path / "dev.tsv", 80, seed=5)
     results = finetune(
-        task, model_dir, tmp_path / "train.tsv", tmp_path / "dev.tsv", results_dir=tmp_path / "r",
-        epochs=4, **TRAIN,
+        task,
+        model_dir,
+        tmp_path / "train.tsv",
+        tmp_path / "dev.tsv",
+        results_dir=tmp_path / "r",
+        epochs=4,
+        **TRAIN,
     )
     # Tagging everything O scores 0 F1; tagging at random among 29 tags scores far below this.
     assert results["metrics"]["f1"] >= 80.0
@@ -225,8 +251,13 @@ def test_question_answering_finds_the_word_after_the_marker(model_dir, tmp_path)
     write_korquad(tmp_path / "train.json", 256, seed=6)
     write_korquad(tmp_path / "dev.json", 80, seed=7)
     results = finetune(
-        task, model_dir, tmp_path / "train.json", tmp_path / "dev.json", results_dir=tmp_path / "r",
-        epochs=4, **TRAIN,
+        task,
+        model_dir,
+        tmp_path / "train.json",
+        tmp_path / "dev.json",
+        results_dir=tmp_path / "r",
+        epochs=4,
+        **TRAIN,
     )
     # A random span in a paragraph of ~14 words is almost never exactly the answer.
     assert results["metrics"]["exact_match"] >= 60.0
@@ -241,12 +272,22 @@ def test_time_budget_stops_training_early_and_still_evaluates(model_dir, tmp_pat
     task = registered_task("nsmc")
     write_nsmc(tmp_path / "train.txt", 64, seed=1)
     results = finetune(
-        task, model_dir, tmp_path / "train.txt", dev_fraction=0.25, results_dir=tmp_path / "r",
-        epochs=100, time_budget_minutes=1e-6, **TRAIN,
+        task,
+        model_dir,
+        tmp_path / "train.txt",
+        dev_fraction=0.25,
+        results_dir=tmp_path / "r",
+        epochs=100,
+        time_budget_minutes=1e-6,
+        **TRAIN,
     )
     assert results["stopped_by_time_budget"] is True
     assert results["steps"] == 1 < results["planned_steps"] == 300
-    assert 0.0 <= results["metrics"]["accuracy"] <= 100.0
+    # One step in, the score is still that of the 16 scored examples: the accuracy is the confusion
+    # matrix's diagonal, whatever the model predicts.
+    matrix = results["confusion_matrix"]
+    assert sum(map(sum, matrix)) == 16
+    assert results["metrics"]["accuracy"] == pytest.approx(100.0 * (matrix[0][0] + matrix[1][1]) / 16)
     assert results["num_eval_examples"] == 16
     assert (tmp_path / "r" / f"{task}.json").is_file()
 
@@ -256,8 +297,15 @@ def test_example_limits_and_max_steps(model_dir, tmp_path):
     write_nsmc(tmp_path / "train.txt", 100, seed=1)
     write_nsmc(tmp_path / "test.txt", 50, seed=2)
     results = finetune(
-        task, model_dir, tmp_path / "train.txt", tmp_path / "test.txt", results_dir=tmp_path / "r",
-        max_train_examples=40, max_eval_examples=10, max_steps=2, **TRAIN,
+        task,
+        model_dir,
+        tmp_path / "train.txt",
+        tmp_path / "test.txt",
+        results_dir=tmp_path / "r",
+        max_train_examples=40,
+        max_eval_examples=10,
+        max_steps=2,
+        **TRAIN,
     )
     assert results["num_train_examples"] == 40 and results["num_eval_examples"] == 10
     assert results["steps"] == 2 and results["stopped_by_time_budget"] is False
@@ -271,8 +319,14 @@ def test_attention_override_is_used_and_recorded(model_dir, tmp_path):
     write_nsmc(tmp_path / "test.txt", 20, seed=2)
     for backend in ("full", "lsh"):
         results = finetune(
-            task, model_dir, tmp_path / "train.txt", tmp_path / "test.txt", results_dir=tmp_path / backend,
-            max_steps=1, attention=backend, **TRAIN,
+            task,
+            model_dir,
+            tmp_path / "train.txt",
+            tmp_path / "test.txt",
+            results_dir=tmp_path / backend,
+            max_steps=1,
+            attention=backend,
+            **TRAIN,
         )
         assert results["model"]["attention_backend"] == backend
 
@@ -292,8 +346,20 @@ def test_bad_input_is_refused_with_the_culprit_named(model_dir, tmp_path, capsys
     with pytest.raises(ReforBertInputError, match="not both"):
         finetune(task, model_dir, train, train, dev_fraction=0.2, results_dir=tmp_path / "r")
     with pytest.raises(ReforBertInputError, match="vocab: tokenizer folder not found"):
-        finetune(task, model_dir, train, tokenizer_dir=tmp_path / "vocab", dev_fraction=0.2,
-                 results_dir=tmp_path / "r")
+        finetune(
+            task,
+            model_dir,
+            train,
+            tokenizer_dir=tmp_path / "vocab",
+            dev_fraction=0.2,
+            results_dir=tmp_path / "r",
+        )
+    for setting, flag in (
+        ("time_budget_minutes", "--time-budget-minutes"),
+        ("max_seq_length", "--max-seq-len"),
+    ):
+        with pytest.raises(ReforBertInputError, match=f"{flag} must be positive, got 0"):
+            finetune(task, model_dir, train, dev_fraction=0.2, results_dir=tmp_path / "r", **{setting: 0})
     with pytest.raises(ReforBertInputError, match="unknown task 'no-such-task'; choose one of: .*nsmc"):
         finetune("no-such-task", model_dir, train, dev_fraction=0.2, results_dir=tmp_path / "r")
     assert not (tmp_path / "r").exists()
@@ -302,8 +368,20 @@ def test_bad_input_is_refused_with_the_culprit_named(model_dir, tmp_path, capsys
     (tmp_path / "r").mkdir()
     existing = tmp_path / "r" / f"{task}.json"
     existing.write_text("{}", encoding="utf-8")
-    code = main(["finetune", task, "--model", str(model_dir), "--train", str(train),
-                 "--dev-fraction", "0.2", "--results-dir", str(tmp_path / "r")])
+    code = main(
+        [
+            "finetune",
+            task,
+            "--model",
+            str(model_dir),
+            "--train",
+            str(train),
+            "--dev-fraction",
+            "0.2",
+            "--results-dir",
+            str(tmp_path / "r"),
+        ]
+    )
     assert code == 2
     assert "--overwrite" in capsys.readouterr().err
     assert existing.read_text(encoding="utf-8") == "{}"
@@ -335,3 +413,16 @@ def test_subsample_is_seeded_and_keeps_file_order():
     assert first == subsample(items, 10, seed=42) == sorted(first)
     assert first != subsample(items, 10, seed=7)
     assert subsample(items, None, seed=42) == items
+
+
+def test_a_checkpoint_stored_in_fp16_is_fine_tuned_in_fp32(model_dir, tmp_path):
+    # The released checkpoint is stored in fp16 to stay small; transformers would load it, and the
+    # Trainer would then train it, in fp16 unless the loader asks for fp32 master weights.
+    from reforbert.finetuning import load_model
+
+    half = tmp_path / "half"
+    ReforBertForPreTraining.from_pretrained(model_dir).half().save_pretrained(half)
+    stored = AutoModelForSequenceClassification.from_pretrained(half, num_labels=2)
+    assert stored.dtype == torch.float16  # what a plain load gives, the case this guards against
+    model = load_model(get_task("nsmc"), half)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

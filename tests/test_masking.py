@@ -5,9 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reforbert.configuration_reforbert import CLS_ID, MASK_ID, NUM_SPECIAL_TOKENS, PAD_ID, SEP_ID
+from reforbert.configuration_reforbert import (
+    CLS_ID,
+    IGNORE_INDEX,
+    MASK_ID,
+    NUM_SPECIAL_TOKENS,
+    PAD_ID,
+    SEP_ID,
+)
 from reforbert.data.collator import PretrainingCollator
-from reforbert.data.masking import IGNORE_INDEX, mask_tokens, word_start_table
+from reforbert.data.masking import mask_tokens, word_start_table
 
 VOCAB = 8007
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from reforbert import (
     ReforBertForTokenClassification,
     ReforBertModel,
 )
+from reforbert.configuration_reforbert import IGNORE_INDEX
 
 VOCAB = 40
 
@@ -158,16 +160,38 @@ def test_auto_backend_switches_on_length_and_config_is_read_per_call():
 
 
 @pytest.mark.slow
-def test_every_length_up_to_2000_runs_in_lsh_mode():
+def test_every_length_up_to_2000_runs_in_lsh_mode_and_both_kernels_agree(monkeypatch):
     config = tiny_config(
-        hidden_size=8, num_attention_heads=1, intermediate_size=8, num_hidden_layers=1,
-        lsh_bucket_size=32, lsh_num_hashes=1, attention_backend="lsh", axial_position_shape=(64, 64),
+        hidden_size=8,
+        num_attention_heads=1,
+        intermediate_size=8,
+        num_hidden_layers=1,
+        lsh_bucket_size=32,
+        lsh_num_hashes=1,
+        attention_backend="lsh",
+        axial_position_shape=(64, 64),
     )
     model = ReforBertModel(config).eval()
     with torch.no_grad():
         for length in range(1, 2001):
-            output = model(torch.full((1, length), 9)).last_hidden_state
-            assert output.shape == (1, length, 8), length
+            input_ids = random_ids(1, length, seed=length)
+            monkeypatch.setitem(modeling.ATTENTION_KERNELS, "lsh", "reference")
+            reference = model(input_ids).last_hidden_state
+            monkeypatch.setitem(modeling.ATTENTION_KERNELS, "lsh", "chunked")
+            chunked = model(input_ids).last_hidden_state
+            assert chunked.shape == (1, length, 8), length
+            assert (chunked - reference).abs().max().item() <= 1e-5, length
+
+
+@pytest.mark.parametrize("length", [1, 5, 16, 17, 40, 256])
+def test_axial_position_p_is_row_p_div_columns_beside_column_p_mod_columns(length):
+    torch.manual_seed(0)
+    axial = modeling.AxialPositionEmbeddings(tiny_config(axial_position_shape=(16, 16)))
+    positions = torch.arange(length)
+    expected = torch.cat(
+        [axial.row_embeddings(positions // 16), axial.column_embeddings(positions % 16)], dim=-1
+    )
+    assert torch.equal(axial(length), expected)
 
 
 def test_a_sequence_longer_than_the_position_table_is_refused():
@@ -187,7 +211,7 @@ def _loss_and_grads(
     """Loss, parameter gradients and the number of elements autograd saved for backward."""
     model.config.reversible = reversible
     model.zero_grad()
-    saved = []
+    saved: list[int] = []
     torch.manual_seed(1234)  # same dropout masks and LSH rotations for both runs
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         loss = model(**inputs).loss
@@ -196,14 +220,15 @@ def _loss_and_grads(
     return loss.item(), grads, sum(saved)
 
 
+@pytest.mark.parametrize("attention_dropout", [0.0, 0.2])  # 0 runs the chunked LSH kernel
 @pytest.mark.parametrize("backend", ["lsh", "full"])
-def test_reversible_gradients_equal_ordinary_backprop_with_dropout(backend):
+def test_reversible_gradients_equal_ordinary_backprop_with_dropout(backend, attention_dropout):
     torch.manual_seed(0)
     config = tiny_config(
         num_hidden_layers=3,
         attention_backend=backend,
         hidden_dropout_prob=0.2,
-        attention_probs_dropout_prob=0.2,
+        attention_probs_dropout_prob=attention_dropout,
     )
     model = ReforBertForPreTraining(config).train()
     input_ids = random_ids(2, 30)
@@ -342,9 +367,39 @@ def test_pretraining_scores_only_masked_positions_and_sums_its_losses():
     assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], everywhere)
 
 
+def test_pretraining_with_nothing_masked_gives_a_zero_mlm_loss_that_still_backpropagates():
+    torch.manual_seed(0)
+    model = ReforBertForPreTraining(tiny_config()).train()
+    ids = random_ids(2, 12)
+    nothing_masked = torch.full_like(ids, IGNORE_INDEX)
+    output = model(ids, labels=nothing_masked, next_sentence_label=torch.tensor([1, 0]))
+    assert output.prediction_logits.shape == (0, VOCAB)
+    assert output.mlm_loss.item() == 0.0 and output.mlm_loss.requires_grad
+    assert torch.equal(output.loss, output.mlm_loss + output.nsp_loss)
+    output.loss.backward()
+    assert model.nsp_head.weight.grad.abs().sum() > 0  # the next-sentence loss still trains
+    assert not model.lm_head.dense.weight.grad.any()  # the head is in the graph, with zero gradient
+
+
 # ---------------------------------------------------------------------------------------------------
 # Saving, loading, Auto classes and pipelines
 # ---------------------------------------------------------------------------------------------------
+
+
+def test_a_config_saved_with_the_retired_special_token_fields_still_loads(tmp_path: Path):
+    torch.manual_seed(0)
+    model = ReforBertModel(tiny_config()).eval()
+    model.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    saved = json.loads(config_file.read_text())
+    assert "sep_token_id" not in saved
+    saved.update(sep_token_id=4, cls_token_id=5, mask_token_id=6)  # as earlier versions wrote them
+    config_file.write_text(json.dumps(saved))
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.mask_token_id == 6
+    ids = random_ids(1, 10)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).last_hidden_state, model(ids).last_hidden_state)
 
 
 @pytest.mark.parametrize(
@@ -389,8 +444,13 @@ def _tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]",
-        sep_token="[SEP]", cls_token="[CLS]", mask_token="[MASK]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        sep_token="[SEP]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
     )
 
 
@@ -458,8 +518,6 @@ def test_hidden_states_are_returned_on_request(reversible):
 def test_sliced_hashing_matches_argmax_over_both_signs(monkeypatch):
     """Hashing in slices (to keep memory linear in the length) must pick the same buckets as one argmax
     over [xR, -xR] for the whole sequence, including across slice boundaries."""
-    import reforbert.modeling_reforbert as modeling
-
     monkeypatch.setattr(modeling, "HASH_SLICE", 7)
     generator = torch.Generator().manual_seed(3)
     vectors = torch.randn(2, 3, 30, 8, generator=generator)
@@ -486,3 +544,34 @@ def test_lsh_chunk_sees_its_neighbours_on_both_sides_and_nothing_further():
     used = values.grad[0, 0].abs().sum(dim=-1) > 0
     assert used[: 3 * bucket].all()
     assert not used[3 * bucket :].any()
+
+
+@pytest.mark.slow  # compiling takes most of a minute on a 2-core CPU
+def test_the_compiled_model_trains_like_the_eager_one():
+    import torch._inductor.config as inductor_config
+
+    torch.manual_seed(0)
+    config = tiny_config(attention_backend="lsh", reversible=True, hidden_dropout_prob=0.0)
+    model = ReforBertForPreTraining(config).train()
+    input_ids = random_ids(2, 24)
+    labels = torch.where(
+        torch.rand(input_ids.shape) < 0.3, input_ids, torch.full_like(input_ids, IGNORE_INDEX)
+    )
+    labels[:, 0] = input_ids[:, 0]
+    inputs = dict(input_ids=input_ids, labels=labels, next_sentence_label=torch.tensor([0, 1]))
+
+    def loss_and_grads(forward) -> tuple[float, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        torch.manual_seed(1234)
+        loss = forward(**inputs).loss
+        loss.backward()
+        return loss.item(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    eager_loss, eager_grads = loss_and_grads(model)
+    # Draw the LSH rotations from the same generator as eager PyTorch does.
+    with inductor_config.patch(fallback_random=True):
+        compiled_loss, compiled_grads = loss_and_grads(torch.compile(model))
+    assert compiled_loss == pytest.approx(eager_loss, abs=1e-5)
+    for name, eager in eager_grads.items():
+        error = (compiled_grads[name] - eager).norm() / eager.norm().clamp_min(1e-12)
+        assert error.item() <= 1e-4, name

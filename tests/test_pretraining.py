@@ -286,8 +286,9 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(
     process = subprocess.Popen(
         command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    # Kill at an arbitrary step after the first checkpoint (step 3) and before the end (step 8).
-    deadline = time.monotonic() + 90
+    # Kill at an arbitrary step after the first checkpoint (step 3) and before the end (step 8); the
+    # deadline is generous because a busy machine can take minutes to start the subprocess.
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         steps = losses(run_dir) if (run_dir / "metrics.jsonl").exists() else {}
         if (run_dir / "checkpoints" / "step-3").is_dir() and max(steps, default=0) >= 4:
@@ -417,7 +418,8 @@ def test_two_processes_match_one_process(tmp_path: Path, data_dir: Path, vocab_d
         "reforbert.cli",
         *cli_command(data_dir, vocab_dir, double, "--max-steps", "3")[3:],
     ]
-    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    # Generous: a busy machine can take minutes to start two processes that import torch.
+    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stderr
     one, two = losses(single), losses(double)
@@ -493,3 +495,398 @@ def test_time_budget_stops_after_the_current_step_and_saves(
     assert summary["step"] == 1
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-1"]
     assert (run_dir / "model" / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Arguments: whole-word masking, --init-from, recipes, and run folders written by earlier versions
+
+
+def continuation_pairs_split(batch: dict, features: list[dict], word_starts: torch.Tensor) -> int:
+    """How many (piece, next piece of the same word) pairs have one masked and the other not."""
+    from reforbert.configuration_reforbert import IGNORE_INDEX
+
+    split = 0
+    for row, feature in enumerate(features):
+        ids = torch.as_tensor(feature["input_ids"])
+        selected = batch["labels"][row, : len(ids)] != IGNORE_INDEX
+        ordinary = ids >= NUM_SPECIAL_TOKENS
+        continues = ordinary[1:] & ordinary[:-1] & ~word_starts[ids[1:]]
+        split += int((continues & (selected[1:] != selected[:-1])).sum())
+    return split
+
+
+@pytest.mark.parametrize("whole_word_mask", [True, False])
+def test_whole_word_masking_masks_every_piece_of_a_word_together(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path, whole_word_mask: bool
+) -> None:
+    from reforbert.data.masking import load_word_start_table
+    from reforbert.pretraining import build_batch_makers, build_config, load_data
+    from reforbert.pretraining_arguments import PretrainingArguments
+
+    args = PretrainingArguments.resolve(
+        data=data_dir, vocab=vocab_dir, output=tmp_path, whole_word_mask=whole_word_mask, **COMMON
+    )
+    make_batch, _ = build_batch_makers(args, build_config("tiny", TINY), load_data(args))
+    indices = list(range(24))
+    features = make_batch.read(indices)
+    split = continuation_pairs_split(
+        make_batch.collate(features, 0), features, load_word_start_table(vocab_dir)
+    )
+    if whole_word_mask:
+        assert split == 0
+    else:  # the check above can fail: token-level masking splits words
+        assert split > 0
+
+
+def test_whole_word_masking_is_recorded_and_kept_on_resume(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path
+) -> None:
+    from reforbert.pretraining import pretrain
+
+    run_dir = tmp_path / "run"
+    pretrain(data_dir, vocab_dir, run_dir, max_steps=1, save_steps=1, whole_word_mask=True, **COMMON)
+    assert json.loads((run_dir / "run_settings.json").read_text())["whole_word_mask"] is True
+    with pytest.raises(ReforBertInputError, match="whole_word_mask: True -> False"):
+        pretrain(data_dir, vocab_dir, run_dir, max_steps=2, resume=True, **COMMON)
+
+
+def test_init_from_starts_a_new_run_from_a_saved_model(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path, reference_run: Path
+) -> None:
+    from reforbert.pretraining import build_model, model_config, pretrain
+    from reforbert.pretraining_arguments import PretrainingArguments
+
+    source = reference_run / "model"
+    settings = {**COMMON, "preset": "mini", "config_overrides": {}}  # the saved config wins over the preset
+    args = PretrainingArguments.resolve(
+        data=data_dir, vocab=vocab_dir, output=tmp_path / "new", init_from=source, **settings
+    )
+    config = model_config(args, resume_from=None)
+    assert config.hidden_size == TINY["hidden_size"]
+    weights = build_model(args, config).state_dict()
+    for name, tensor in load_file(str(source / "model.safetensors")).items():
+        torch.testing.assert_close(weights[name], tensor, rtol=0, atol=0, msg=name)
+
+    run_dir = tmp_path / "phase2"
+    pretrain(data_dir, vocab_dir, run_dir, init_from=source, max_steps=2, save_steps=2, **settings)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == [1, 2] and train[0]["lr"] < train[1]["lr"]  # a fresh schedule
+    assert json.loads((run_dir / "run_settings.json").read_text())["init_from"] == str(source)
+
+
+def test_init_from_refuses_another_vocabulary_in_one_line(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path, reference_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import shutil
+
+    from reforbert import cli
+
+    resized = shutil.copytree(reference_run / "model", tmp_path / "resized")
+    config = json.loads((resized / "config.json").read_text())
+    (resized / "config.json").write_text(json.dumps({**config, "vocab_size": 99}))
+    retrained = shutil.copytree(reference_run / "model", tmp_path / "retrained")
+    (retrained / "sentencepiece.model").write_bytes(b"another vocabulary")
+    weights_only_as_pickle = tmp_path / "pickled"
+    weights_only_as_pickle.mkdir()
+    shutil.copy(reference_run / "model" / "config.json", weights_only_as_pickle)
+    for model_dir, message in (
+        (resized, "vocabulary of 99 pieces but --vocab"),
+        (retrained, "trained with another vocabulary"),
+        (weights_only_as_pickle, "no model.safetensors"),
+    ):
+        argv = cli_command(
+            data_dir, vocab_dir, tmp_path / f"run-{model_dir.name}", "--init-from", str(model_dir)
+        )
+        assert cli.main(argv[3:]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.count("\n") == 0 and message in error and str(model_dir) in error, error
+
+
+def test_a_recipe_fills_the_flags_not_given_and_run_settings_record_the_result(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path
+) -> None:
+    from reforbert import cli
+
+    run_dir = tmp_path / "run"
+    argv = cli_command(
+        data_dir, vocab_dir, run_dir, "--recipe", "budget-stage2-len128", "--max-steps", "1", "--no-progress"
+    )
+    assert cli.main(argv[3:]) == 0
+    settings = json.loads((run_dir / "run_settings.json").read_text())
+    assert settings["recipe"] == "budget-stage2-len128"
+    # From the recipe: no reversible layers and no hidden dropout; from the command line: the rest.
+    assert settings["reversible"] is False and settings["model"]["reversible"] is False
+    assert settings["model"]["hidden_dropout_prob"] == 0.0
+    assert (settings["max_seq_len"], settings["global_batch_size"], settings["warmup_steps"]) == (64, 4, 2)
+    assert settings["precision"] == "fp32"
+
+
+# What the pretraining loop recorded in a checkpoint's settings before PretrainingArguments existed.
+EARLIER_SETTINGS_KEYS = (
+    "data",
+    "global_batch_size",
+    "seed",
+    "mlm_probability",
+    "nsp",
+    "max_seq_len",
+    "micro_batch_size",
+    "learning_rate",
+    "schedule",
+    "precision",
+    "preset",
+    "processes",
+)
+
+
+def test_resume_from_a_run_folder_written_before_the_arguments_dataclass(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path, reference_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reforbert import pretraining
+
+    class Interrupted(Exception):
+        pass
+
+    train_step = pretraining._train_step
+
+    def step_then_stop_after_step_5(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        record = train_step(*args, **kwargs)
+        if record["step"] == 5:
+            raise Interrupted
+        return record
+
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(pretraining, "_train_step", step_then_stop_after_step_5)
+        with pytest.raises(Interrupted):
+            pretraining.pretrain(
+                data_dir,
+                vocab_dir,
+                run_dir,
+                max_steps=8,
+                save_steps=3,
+                save_total_limit=2,
+                eval_steps=4,
+                **COMMON,
+            )
+    # Make the folder what earlier versions wrote: settings without the newer keys.
+    state_file = run_dir / "checkpoints" / "step-3" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["settings"] = {key: state["settings"][key] for key in EARLIER_SETTINGS_KEYS}
+    state_file.write_text(json.dumps(state, indent=1))
+    run_settings = json.loads((run_dir / "run_settings.json").read_text())
+    earlier = EARLIER_SETTINGS_KEYS + ("schedule_steps", "warmup_steps", "model")
+    (run_dir / "run_settings.json").write_text(json.dumps({key: run_settings[key] for key in earlier}))
+
+    pretraining.pretrain(
+        data_dir,
+        vocab_dir,
+        run_dir,
+        max_steps=8,
+        save_steps=3,
+        save_total_limit=2,
+        eval_steps=4,
+        resume=True,
+        **COMMON,
+    )
+    reference, again = losses(reference_run), losses(run_dir)
+    assert sorted(again) == list(range(1, 9))
+    for step in reference:
+        assert abs(reference[step] - again[step]) <= 1e-6, (step, reference[step], again[step])
+    assert_same_weights(final_weights(reference_run), final_weights(run_dir), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Preemption, damaged checkpoints and failed writes
+
+
+def test_sigterm_finishes_the_step_saves_and_the_resumed_run_equals_the_uninterrupted_one(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path, reference_run: Path
+) -> None:
+    from reforbert.pretraining import pretrain
+
+    run_dir = tmp_path / "preempted"
+    command = [
+        sys.executable,
+        "-c",
+        SLOW_CLI,
+        *cli_command(data_dir, vocab_dir, run_dir, "--eval-steps", "4")[3:],
+    ]
+    process = subprocess.Popen(
+        command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if max(losses(run_dir) if (run_dir / "metrics.jsonl").exists() else {}, default=0) >= 2:
+            break
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, stderr.decode()
+    last_line = stderr.decode().strip().splitlines()[-1]
+    stopped_at = max(losses(run_dir))
+    assert stopped_at < 8 and "SIGTERM" in last_line and "--resume" in last_line
+    assert f"step-{stopped_at}" in last_line and (run_dir / "checkpoints" / f"step-{stopped_at}").is_dir()
+    assert not (run_dir / "model").exists()
+
+    pretrain(
+        data_dir,
+        vocab_dir,
+        run_dir,
+        max_steps=8,
+        save_steps=3,
+        save_total_limit=2,
+        eval_steps=4,
+        resume=True,
+        **COMMON,
+    )
+    reference, again = losses(reference_run), losses(run_dir)
+    assert sorted(again) == list(range(1, 9))
+    for step in reference:
+        assert abs(reference[step] - again[step]) <= 1e-6, (step, reference[step], again[step])
+    assert_same_weights(final_weights(reference_run), final_weights(run_dir), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def two_checkpoint_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, vocab_dir: Path) -> Path:
+    """A finished 4-step run with checkpoints at steps 2 and 4."""
+    from reforbert.pretraining import pretrain
+
+    run_dir = tmp_path_factory.mktemp("two") / "run"
+    pretrain(data_dir, vocab_dir, run_dir, max_steps=4, save_steps=2, **COMMON)
+    return run_dir
+
+
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return shutil.copytree(run_dir, tmp_path / "run")
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def edit_config(folder: Path, **changes: object) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+DAMAGE = {
+    "truncated model.safetensors": (
+        lambda f: truncate(f / "model.safetensors"),
+        "model.safetensors is truncated",
+    ),
+    "missing optimizer state": (
+        lambda f: (f / "optimizer.safetensors").unlink(),
+        "missing optimizer.safetensors",
+    ),
+    "another vocabulary": (
+        lambda f: edit_config(f, vocab_size=99),
+        "written for another model or vocabulary (vocab_size 99 instead of 67",
+    ),
+    "another model": (
+        lambda f: edit_config(f, hidden_size=64),
+        "written for another model or vocabulary (hidden_size 64 instead of 32",
+    ),
+    "cut trainer state": (lambda f: (f / "trainer_state.json").write_text('{"step": 4, "sch'), "unreadable"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_latest_checkpoint_is_named_and_the_previous_one_used(
+    tmp_path: Path, two_checkpoint_run: Path, vocab_dir: Path, damage: str, capsys: pytest.CaptureFixture
+) -> None:
+    from reforbert.pretraining import _checkpoint_to_resume
+    from reforbert.pretraining_arguments import PretrainingArguments
+
+    run_dir = copy_of(two_checkpoint_run, tmp_path)
+    spoil, problem = DAMAGE[damage]
+    spoil(run_dir / "checkpoints" / "step-4")
+    args = PretrainingArguments(data="unused", vocab=str(vocab_dir), output=str(run_dir), resume=True)
+    assert _checkpoint_to_resume(args, is_main=True) == run_dir / "checkpoints" / "step-2"
+    warning = capsys.readouterr().err
+    assert f"cannot resume from step-4: {problem}" in warning and "resuming from step-2 instead" in warning
+
+
+def test_resume_falls_back_and_continues_the_run(
+    tmp_path: Path, two_checkpoint_run: Path, data_dir: Path, vocab_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from reforbert import cli
+
+    run_dir = copy_of(two_checkpoint_run, tmp_path)
+    truncate(run_dir / "checkpoints" / "step-4" / "optimizer.safetensors")
+    argv = cli_command(data_dir, vocab_dir, run_dir, "--max-steps", "4", "--save-steps", "2", "--resume")
+    assert cli.main(argv[3:]) == 0
+    assert "resuming from step-2 instead" in capsys.readouterr().err
+    assert sorted(losses(run_dir)) == [1, 2, 3, 4]
+    # Steps 3 and 4 were trained again from step 2: the same losses as the first time.
+    assert losses(run_dir) == pytest.approx(losses(two_checkpoint_run), abs=1e-6)
+
+
+def test_without_a_usable_checkpoint_resume_stops_and_names_each_problem(
+    tmp_path: Path, two_checkpoint_run: Path, data_dir: Path, vocab_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from reforbert import cli
+
+    run_dir = copy_of(two_checkpoint_run, tmp_path)
+    truncate(run_dir / "checkpoints" / "step-4" / "model.safetensors")
+    edit_config(run_dir / "checkpoints" / "step-2", vocab_size=99)
+    metrics_before = (run_dir / "metrics.jsonl").read_bytes()
+    argv = cli_command(data_dir, vocab_dir, run_dir, "--max-steps", "4", "--resume")
+    assert cli.main(argv[3:]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no complete checkpoint" in error and "step-4: model.safetensors" in error and "step-2:" in error
+    assert (run_dir / "metrics.jsonl").read_bytes() == metrics_before  # nothing started from scratch
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): sha256_of(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_file_size_limit_is_a_one_line_error_that_keeps_the_previous_checkpoint(
+    tmp_path: Path, two_checkpoint_run: Path, data_dir: Path, vocab_dir: Path
+) -> None:
+    import resource
+
+    run_dir = copy_of(two_checkpoint_run, tmp_path)
+    kept = {name: file_digests(run_dir / name) for name in ("checkpoints", "model")}
+    # Room for the model weights (about 80 kB) but not for the optimizer state (twice that).
+    limit = 120_000
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    command = cli_command(data_dir, vocab_dir, run_dir, "--max-steps", "6", "--save-steps", "2", "--resume")
+    result = subprocess.run(
+        command, env=subprocess_env(), capture_output=True, text=True, timeout=600, preexec_fn=limit_file_size
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("reforbert pretrain: error: ") and "could not write the checkpoint" in error
+    assert "File too large" in error and "step-4 is intact" in error
+    assert file_digests(run_dir / "checkpoints") == kept["checkpoints"]  # no step-6, no temporary folder
+    assert file_digests(run_dir / "model") == kept["model"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_run_folder_is_a_one_line_error_and_changes_nothing(
+    tmp_path: Path, two_checkpoint_run: Path, data_dir: Path, vocab_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from reforbert import cli
+
+    run_dir = copy_of(two_checkpoint_run, tmp_path)
+    before = file_digests(run_dir)
+    folders = [run_dir, *(p for p in run_dir.rglob("*") if p.is_dir())]
+    for folder in folders:
+        folder.chmod(0o555)
+    try:
+        argv = cli_command(data_dir, vocab_dir, run_dir, "--max-steps", "6", "--save-steps", "2", "--resume")
+        assert cli.main(argv[3:]) == 2
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("reforbert pretrain: error: ") and "could not write" in error
+    assert file_digests(run_dir) == before

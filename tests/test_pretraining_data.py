@@ -14,9 +14,8 @@ import torch
 from test_vocab import write_synthetic_corpus
 
 from reforbert.cli import main as cli_main
-from reforbert.configuration_reforbert import CLS_ID, SEP_ID
+from reforbert.configuration_reforbert import CLS_ID, IGNORE_INDEX, SEP_ID
 from reforbert.data.collator import PretrainingCollator
-from reforbert.data.masking import IGNORE_INDEX
 from reforbert.data.pretraining_data import make_pretraining_data
 from reforbert.data.shards import check_vocab, open_pretraining_data
 from reforbert.data.vocab import train_vocab
@@ -274,3 +273,13 @@ def test_cli_jsonl_whole_word_masking(setup, tmp_path: Path) -> None:
                 continuations += 1
                 assert (position in masked) == (position - 1 in masked)  # a word is masked whole or not
     assert continuations > 1000
+
+
+def test_whole_word_mask_without_jsonl_is_refused(setup, tmp_path: Path, capsys) -> None:
+    """Shards are masked while training, so the flag would silently do nothing there."""
+    output = tmp_path / "shards"
+    argv = ["pretraining-data", str(setup["mixed"]), "--vocab", str(setup["vocab"]), "-o", str(output)]
+    assert cli_main([*argv, "--whole-word-mask", "--workers", "1"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--whole-word-mask applies only to --jsonl" in error
+    assert not output.exists()

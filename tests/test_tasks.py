@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reforbert.configuration_reforbert import IGNORE_INDEX
 from reforbert.errors import ReforBertInputError
 from reforbert.tasks import TASKS, get_task
 from reforbert.tasks.korquad import KorQuadTask, QaExample
@@ -271,7 +272,7 @@ def test_ner_labels_sit_on_the_first_sub_word(tmp_path, tiny_tokenizer):
     ]
     org_b, cvl_b, outside = NER_LABELS.index("ORG-B"), NER_LABELS.index("CVL-B"), 0
     assert (org_b, cvl_b) == (7, 11)
-    ignored = -100
+    ignored = IGNORE_INDEX
     assert encoded.model_inputs[0]["labels"] == [
         ignored, org_b, ignored, outside, ignored, ignored, ignored,
         cvl_b, ignored, ignored, ignored, ignored, outside, ignored,
@@ -480,4 +481,9 @@ def test_real_files_have_the_documented_counts(name, relative, count, label_coun
         assert examples[0].question_id == "6548850-0-0" and examples[0].answers[0] == ("1989년 2월 15일", 0)
         assert sum(not example.answer_is_aligned() for example in examples) == 0
     if name == "korsts":
-        assert all(0.0 <= example.label <= 5.0 for example in examples)
+        # Every score as the file writes it (the fifth column, parsed here independently of the reader),
+        # and the scale's both ends present.
+        rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()[1:] if line]
+        labels = [example.label for example in examples]
+        assert sum(labels) == pytest.approx(sum(float(row[4]) for row in rows))
+        assert (min(labels), max(labels)) == (0.0, 5.0)

@@ -123,6 +123,44 @@ def test_files_and_fixed_special_ids(small_vocab: Path) -> None:
     float(lines[-1].split("\t")[1])
 
 
+def test_saved_tokenizer_declares_what_the_model_takes(small_vocab: Path, caplog) -> None:
+    """Not the pretraining length: ``truncation=True`` must keep a long document whole, as the model can."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from reforbert.configuration_reforbert import ReforBertConfig
+
+    longest = ReforBertConfig().max_position_embeddings
+    assert longest == 65_536  # the default axial shape, 256 x 256
+    saved = json.loads((small_vocab / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert saved["model_max_length"] == longest
+    tokenizer = AutoTokenizer.from_pretrained(small_vocab)
+    document = " ".join(sample_lines())
+    whole = tokenizer(document)["input_ids"]
+    assert 1_000 < len(whole) < longest
+    assert tokenizer(document, truncation=True)["input_ids"] == whole
+    assert "indexing errors" not in caplog.text
+
+
+def test_a_copied_tokenizer_can_be_told_what_its_model_takes(small_vocab: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from reforbert.data.vocab import set_model_max_length
+
+    folder = tmp_path / "model"
+    shutil.copytree(small_vocab, folder)
+    set_model_max_length(folder, 128)  # what a vocabulary made for a 128-token demo used to declare
+    assert AutoTokenizer.from_pretrained(folder).model_max_length == 128
+    set_model_max_length(folder, 4096)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.model_max_length == 4096
+    original = AutoTokenizer.from_pretrained(small_vocab)
+    assert tokenizer("서울 대통령")["input_ids"] == original("서울 대통령")["input_ids"]
+
+
 def test_hugging_face_ids_equal_sentencepiece_ids(small_vocab: Path) -> None:
     import sentencepiece as spm
     from transformers import AutoTokenizer

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import reforbert  # noqa: F401 - registers ReforBERT with the Auto classes
+from reforbert.data.vocab import set_model_max_length
 from reforbert.fileio import atomic_directory
 from reforbert.modeling_reforbert import ReforBertForPreTraining
 
@@ -113,6 +114,8 @@ def write_release(model_dir: Path, destination: Path, card: str) -> None:
         for entry in model_dir.iterdir():
             if entry.is_file() and entry.suffix != ".safetensors" and entry.name != "config.json":
                 shutil.copy2(entry, tmp / entry.name)
+        # The tokenizer says what the model takes, not the length it was pretrained at.
+        set_model_max_length(tmp, model.config.max_position_embeddings)
         (tmp / "README.md").write_text(card, encoding="utf-8")
 
 

@@ -15,7 +15,7 @@ from reforbert.errors import ReforBertInputError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("reforbert.demo", "Run the whole pipeline on the embedded sample data (or on real data)."),
+    "demo": ("reforbert.demo", "Fine-tune the released checkpoint on a sentiment sample, or --from-scratch."),
     "corpus": ("reforbert.data.corpus", "Turn a Wikipedia dump or WikiExtractor output into clean text."),
     "vocab": ("reforbert.data.vocab", "Train the SentencePiece vocabulary (8000 pieces + 7 specials)."),
     "pretraining-data": ("reforbert.data.pretraining_data", "Make MLM + NSP pretraining instances."),
@@ -25,6 +25,43 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("reforbert.report", "Render the results table from results/*.json."),
     "data": ("reforbert.tasks.download", "Download benchmark files and verify their checksums."),
 }
+
+
+class _DeprecatedSpelling(argparse.Action):
+    """Stores its value under the canonical flag's name and says on stderr which spelling to use."""
+
+    def __init__(self, option_strings: list[str], dest: str, canonical: str, **kwargs) -> None:
+        self.canonical = canonical
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(
+            f"{parser.prog}: note: {option_string} is deprecated and will be removed; use {self.canonical}",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(parser: argparse.ArgumentParser, canonical: argparse.Action, *old: str) -> None:
+    """Keep accepting ``old`` spellings of the flag ``canonical`` (an ``add_argument`` result) for
+    one more release, hidden from ``--help``."""
+    parser.add_argument(
+        *old,
+        dest=canonical.dest,
+        type=canonical.type,
+        nargs=canonical.nargs,
+        metavar=canonical.metavar,
+        action=_DeprecatedSpelling,
+        canonical=canonical.option_strings[0],
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
+
+
+def add_example(parser: argparse.ArgumentParser, *command_lines: str) -> None:
+    """End the command's ``--help`` with example command lines, printed as written."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "example:\n" + "\n".join(f"  {line}" for line in command_lines)
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

@@ -78,9 +78,6 @@ class ReforBertConfig(PretrainedConfig):
         pad_token_id: int = PAD_ID,
         bos_token_id: int = BOS_ID,
         eos_token_id: int = EOS_ID,
-        sep_token_id: int = SEP_ID,
-        cls_token_id: int = CLS_ID,
-        mask_token_id: int = MASK_ID,
         tie_word_embeddings: bool = True,
         **kwargs,
     ) -> None:
@@ -114,9 +111,8 @@ class ReforBertConfig(PretrainedConfig):
         self.lsh_num_hashes = lsh_num_hashes
         self.reversible = reversible
         self.feed_forward_chunk_size = feed_forward_chunk_size
-        self.sep_token_id = sep_token_id
-        self.cls_token_id = cls_token_id
-        self.mask_token_id = mask_token_id
+        # Configurations saved by earlier versions carry sep/cls/mask_token_id; the model never read them,
+        # and they load as plain attributes through ``kwargs``. The tokenizer owns the special tokens.
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,

@@ -9,14 +9,16 @@ measured and exactly how, so that ``reforbert report`` can render it without gue
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import inspect
 import json
 import os
 import platform
 import random
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
@@ -36,6 +39,7 @@ from transformers import (
 )
 
 import reforbert  # registers the ReforBERT classes with the Auto* factories
+from reforbert.configuration_reforbert import ATTENTION_BACKENDS, IGNORE_INDEX
 from reforbert.errors import ReforBertInputError
 from reforbert.fileio import atomic_directory, atomic_file, refuse_to_overwrite, sha256_of
 from reforbert.tasks import TASKS, get_task
@@ -163,8 +167,9 @@ class FeatureDataset(torch.utils.data.Dataset):
 class PaddingCollator:
     """Pads each batch to its own longest sequence (dynamic padding) for every head type.
 
-    Sequence keys are right-padded (input ids with the pad id, token labels with -100 so the loss
-    ignores them); scalar labels become a tensor whose dtype follows the values (float -> regression).
+    Sequence keys are right-padded (input ids with the pad id, token labels with ``IGNORE_INDEX`` so
+    the loss ignores them); scalar labels become a tensor whose dtype follows the values (float ->
+    regression).
     """
 
     def __init__(self, pad_token_id: int) -> None:
@@ -172,7 +177,7 @@ class PaddingCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         longest = max(len(f["input_ids"]) for f in features)
-        padding_value = {"input_ids": self.pad_token_id, "labels": -100}
+        padding_value = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX}
         batch: dict[str, torch.Tensor] = {}
         for key in features[0]:
             values = [f[key] for f in features]
@@ -200,24 +205,114 @@ def load_model(task: Any, model_dir: Path) -> torch.nn.Module:
         "token-classification": AutoModelForTokenClassification,
         "question-answering": AutoModelForQuestionAnswering,
     }[task.head]
-    kwargs: dict[str, Any] = {}
+    # Training keeps fp32 master weights (autocast supplies bf16/fp16 speed); a checkpoint stored in
+    # fp16 would otherwise be loaded, and trained, in fp16.
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
     if task.head != "question-answering":
         kwargs["num_labels"] = task.num_labels
     if task.label_names:
         kwargs["id2label"] = dict(enumerate(task.label_names))
         kwargs["label2id"] = {name: i for i, name in enumerate(task.label_names)}
+    check_parsable_files(model_dir)
+    with _reported_as_input_error("a model", model_dir):
+        model = auto_class.from_pretrained(str(model_dir), **kwargs)
+    check_config_types(model.config, model_dir / "config.json")
+    return model
+
+
+def check_config_types(config: Any, config_file: Path) -> None:
+    """Refuse a config.json value of the wrong type (``"layer_norm_eps": null``, a string for a size).
+
+    The model builds from such a config and fails only inside its first forward pass; the defaults
+    of the config class's own parameters say which type each value must have.
+    """
+    for name, parameter in inspect.signature(type(config).__init__).parameters.items():
+        default = parameter.default
+        if not isinstance(default, (bool, int, float, str, tuple)) or not hasattr(config, name):
+            continue
+        value = getattr(config, name)
+        if isinstance(default, bool):
+            fits = isinstance(value, bool)
+        elif isinstance(default, (int, float)):
+            allowed = int if isinstance(default, int) else (int, float)
+            fits = isinstance(value, allowed) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            fits = isinstance(value, str)
+        else:
+            fits = isinstance(value, (tuple, list)) and all(isinstance(item, int) for item in value)
+        if not fits:
+            raise ReforBertInputError(
+                f"{name} is {value!r}, expected a {type(default).__name__} like {default!r}", config_file
+            )
+
+
+def check_parsable_files(folder: Path) -> None:
+    """Name the damaged file itself when a JSON or safetensors file of a model folder cannot be parsed."""
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise ReforBertInputError(f"not UTF-8 text ({error.reason})", path) from None
+        except json.JSONDecodeError as error:
+            raise ReforBertInputError(f"not valid JSON ({error.msg})", path, error.lineno) from None
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass  # opening reads and checks the header against the file's length
+        except (SafetensorError, OSError) as error:
+            raise ReforBertInputError(f"not a readable safetensors file ({error})", path) from None
+
+
+@contextlib.contextmanager
+def _reported_as_input_error(what: str, folder: Path) -> Iterator[None]:
+    """Report any failure of a Hugging Face loader on ``folder`` as the one-line input error.
+
+    ``from_pretrained`` raises whatever its parsers meet in a damaged but parsable file (TypeError,
+    AttributeError, validation errors, SafetensorError), and the tokenizers library surfaces a Rust
+    panic as PanicException, which derives from BaseException; to a user all of them mean the same:
+    this folder cannot be loaded.
+    """
     try:
-        return auto_class.from_pretrained(str(model_dir), **kwargs)
-    except (OSError, ValueError, KeyError) as error:
-        raise ReforBertInputError(f"cannot load a model from this folder: {error}", model_dir) from error
+        yield
+    except ReforBertInputError:
+        raise
+    except BaseException as error:
+        if not isinstance(error, Exception) and type(error).__name__ != "PanicException":
+            raise  # KeyboardInterrupt, SystemExit
+        message = f"cannot load {what} from this folder ({_one_line(error)})"
+        raise ReforBertInputError(message, folder) from error
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:limit]}"
+
+
+def check_tokenizer_fits_model(tokenizer: Any, model: torch.nn.Module, model_dir: Path) -> None:
+    """Refuse a tokenizer with ids beyond the model's embedding table: training would fail at once."""
+    embedding_rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > embedding_rows:
+        raise ReforBertInputError(
+            f"the tokenizer has {len(tokenizer)} ids but the model's embedding only {embedding_rows}; "
+            "use the tokenizer the model was pretrained with",
+            model_dir,
+        )
 
 
 def load_tokenizer(tokenizer_dir: Path) -> Any:
-    try:
-        return AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    except (OSError, ValueError, KeyError) as error:
-        message = f"cannot load a tokenizer from this folder: {error}"
-        raise ReforBertInputError(message, tokenizer_dir) from error
+    check_parsable_files(tokenizer_dir)
+    with _reported_as_input_error("a tokenizer", tokenizer_dir):
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        pair = tokenizer("가", "나")["input_ids"]
+    # Every head reads the [CLS] ... [SEP] layout; a tokenizer.json without its template loads silently.
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    if cls_id is None or sep_id is None or pair[:1] != [cls_id] or pair[-1:] != [sep_id]:
+        raise ReforBertInputError(
+            "the tokenizer does not put [CLS] before and [SEP] after its input "
+            "(tokenizer.json lost its post-processor?)",
+            tokenizer_dir,
+        )
+    return tokenizer
 
 
 def cpu_supports_bf16() -> bool:
@@ -352,8 +447,276 @@ def training_arguments(
 
 
 # --------------------------------------------------------------------------------------------
-# The run
+# The run: check inputs -> settings -> data -> model -> train and evaluate -> results record -> write
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinetuningSettings:
+    """The hyperparameters of one run, after the task's published defaults filled the gaps."""
+
+    epochs: float
+    max_steps: int | None
+    time_budget_minutes: float | None
+    learning_rate: float
+    batch_size: int  # global, as the published recipes give it
+    max_seq_length: int
+    max_train_examples: int | None
+    max_eval_examples: int | None
+    seed: int
+    use_cuda: bool
+    use_bf16: bool
+    world_size: int
+
+    @property
+    def per_device_batch(self) -> int:
+        # The published batch sizes are global; under torchrun split them over the processes.
+        return max(1, self.batch_size // self.world_size)
+
+    def record(self) -> dict[str, Any]:
+        """The ``hyperparameters`` entry of the results record."""
+        return {
+            "optimizer": "AdamW",
+            "lr_schedule": "linear decay, no warmup",
+            "learning_rate": self.learning_rate,
+            "weight_decay": WEIGHT_DECAY,
+            "adam_epsilon": ADAM_EPSILON,
+            "max_grad_norm": MAX_GRAD_NORM,
+            "batch_size": self.per_device_batch * self.world_size,
+            "per_device_batch_size": self.per_device_batch,
+            "epochs": self.epochs,
+            "max_steps": self.max_steps,
+            "time_budget_minutes": self.time_budget_minutes,
+            "max_seq_length": self.max_seq_length,
+            "max_train_examples": self.max_train_examples,
+            "max_eval_examples": self.max_eval_examples,
+            "seed": self.seed,
+            "bf16": self.use_bf16,
+        }
+
+
+@dataclass
+class PreparedData:
+    """The examples a run trains and scores on, and their encoded features."""
+
+    splits: Splits
+    train_examples: list[Any]
+    eval_examples: list[Any]
+    train_encoded: Any  # the task's EncodedSplit
+    eval_encoded: Any
+    tokenizer: Any
+
+
+@dataclass
+class Outcome:
+    """What training and evaluation produced."""
+
+    trainer: Trainer
+    train_loss: float
+    metrics: dict[str, Any]
+    confusion_matrix: list[list[int]] | None
+    train_seconds: float
+    eval_seconds: float
+    stopped_by_time_budget: bool
+
+
+def check_paths(
+    model_dir: str | Path,
+    tokenizer_dir: str | Path | None,
+    train_file: str | Path,
+    eval_file: str | Path | None,
+) -> tuple[Path, Path, Path, Path | None]:
+    """The model folder, tokenizer folder, train file and eval file, each checked to exist."""
+    model_dir = _require_model_dir(model_dir)
+    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else model_dir
+    if not tokenizer_dir.is_dir():
+        raise ReforBertInputError("tokenizer folder not found", tokenizer_dir)
+    train_file = _require_file(train_file, "train file")
+    eval_file = _require_file(eval_file, "eval file") if eval_file is not None else None
+    return model_dir, tokenizer_dir, train_file, eval_file
+
+
+def resolve_settings(task: Any, bf16: str | bool, **given: Any) -> FinetuningSettings:
+    """Fill the hyperparameters not ``given`` (None) from the task's published defaults."""
+    check_positive(
+        epochs=given["epochs"],
+        max_steps=given["max_steps"],
+        time_budget_minutes=given["time_budget_minutes"],
+        learning_rate=given["learning_rate"],
+        batch_size=given["batch_size"],
+        max_seq_len=given["max_seq_length"],
+    )
+    for name in ("epochs", "learning_rate", "batch_size", "max_seq_length"):
+        if given[name] is None:
+            given[name] = getattr(task.defaults, name)
+    use_cuda = torch.cuda.is_available()
+    return FinetuningSettings(
+        **given,
+        use_cuda=use_cuda,
+        use_bf16=resolve_bf16(bf16, use_cuda),
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+    )
+
+
+def prepare_data(
+    task: Any,
+    train_file: Path,
+    eval_file: Path | None,
+    tokenizer_dir: Path,
+    settings: FinetuningSettings,
+    dev_fraction: float | None,
+    eval_split_name: str | None,
+) -> PreparedData:
+    """Read (or carve) the splits, subsample them as asked, and encode them with the tokenizer."""
+    seed = settings.seed
+    splits = load_splits(task, train_file, eval_file, dev_fraction, eval_split_name, seed)
+    train_examples = subsample(splits.train, settings.max_train_examples, seed)
+    eval_examples = subsample(splits.eval, settings.max_eval_examples, seed)
+    if not train_examples:
+        raise ReforBertInputError(
+            f"no training examples left: the carved dev split took all {len(splits.eval)} examples",
+            train_file,
+        )
+    tokenizer = load_tokenizer(tokenizer_dir)
+    train_encoded = task.encode(train_examples, tokenizer, settings.max_seq_length, training=True)
+    if not train_encoded.model_inputs:
+        # The Trainer would fail deep inside its sampler; say which filter emptied the split instead.
+        reasons = ", ".join(f"{count} {reason}" for reason, count in task.dropped_in_training().items())
+        raise ReforBertInputError(
+            f"nothing to train on: all {len(train_examples)} training examples were dropped"
+            + (f" ({reasons})" if reasons else ""),
+            train_file,
+        )
+    eval_encoded = task.encode(eval_examples, tokenizer, settings.max_seq_length, training=False)
+    return PreparedData(splits, train_examples, eval_examples, train_encoded, eval_encoded, tokenizer)
+
+
+def override_attention(model: torch.nn.Module, attention: str | None, model_dir: Path) -> None:
+    """ReforBERT's backends share their weights, so a model pretrained with LSH can be fine-tuned with
+    exact attention (or "auto") where sequences are short and exact attention is the faster one."""
+    if attention is None:
+        return
+    if getattr(model.config, "model_type", None) != "reforbert":
+        raise ReforBertInputError("--attention applies to ReforBERT models only", model_dir)
+    model.config.attention_backend = attention
+
+
+def train_and_evaluate(
+    task: Any,
+    model: torch.nn.Module,
+    data: PreparedData,
+    settings: FinetuningSettings,
+    logging_steps: int | None,
+    progress: bool,
+) -> Outcome:
+    budget = None
+    if settings.time_budget_minutes is not None:
+        budget = TimeBudgetCallback(settings.time_budget_minutes * 60.0)
+    with tempfile.TemporaryDirectory(prefix="reforbert-finetune-") as scratch:
+        args = training_arguments(
+            scratch,
+            epochs=settings.epochs,
+            max_steps=settings.max_steps,
+            learning_rate=settings.learning_rate,
+            per_device_batch=settings.per_device_batch,
+            use_cuda=settings.use_cuda,
+            use_bf16=settings.use_bf16,
+            seed=settings.seed,
+            logging_steps=logging_steps,
+            progress=progress,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            data_collator=PaddingCollator(data.tokenizer.pad_token_id or 0),
+            train_dataset=FeatureDataset(data.train_encoded.model_inputs),
+            callbacks=[budget] if budget is not None else [],
+        )
+        started = time.monotonic()
+        train_output = trainer.train()
+        train_seconds = time.monotonic() - started
+
+        started = time.monotonic()
+        predictions = trainer.predict(FeatureDataset(data.eval_encoded.model_inputs)).predictions
+        # Trainer returns one array per logit output; QA models give (start, end).
+        if isinstance(predictions, list):
+            predictions = tuple(predictions)
+        metrics = _to_builtin(task.score(data.eval_examples, data.eval_encoded, predictions))
+        eval_seconds = time.monotonic() - started
+
+    confusion_matrix = metrics.pop("confusion_matrix", None)
+    if task.main_metric not in metrics:
+        raise RuntimeError(f"task {task.name} did not report its main metric {task.main_metric!r}")
+    stopped = bool(budget and budget.stopped_early)
+    return Outcome(
+        trainer, train_output.training_loss, metrics, confusion_matrix, train_seconds, eval_seconds, stopped
+    )
+
+
+def build_results(
+    task: Any,
+    data: PreparedData,
+    outcome: Outcome,
+    settings: FinetuningSettings,
+    *,
+    model_dir: Path,
+    tokenizer_dir: Path,
+    train_file: Path,
+    dev_fraction: float | None,
+) -> dict[str, Any]:
+    """The ``results/<task>.json`` record: what was measured and exactly how (``reforbert report``
+    renders it without guessing)."""
+    state = outcome.trainer.state
+    results: dict[str, Any] = {
+        "task": task.name,
+        "head": task.head,
+        "main_metric": task.main_metric,
+        "metrics": outcome.metrics,
+        "split": {
+            "kind": data.splits.kind,
+            "description": data.splits.description,
+            "train_file": str(train_file.resolve()),
+            "eval_file": str(data.splits.eval_source.resolve()),
+            "carved_dev_fraction": dev_fraction,
+        },
+        "eval_file_sha256": sha256_of(data.splits.eval_source),
+        "train_file_sha256": sha256_of(train_file),
+        "num_train_examples": len(data.train_examples),
+        "num_eval_examples": len(data.eval_examples),
+        "num_train_features": len(data.train_encoded.model_inputs),
+        "num_eval_features": len(data.eval_encoded.model_inputs),
+        "model": describe_model(outcome.trainer.model, model_dir),
+        "tokenizer_path": str(tokenizer_dir.resolve()),
+        "hyperparameters": settings.record(),
+        "steps": state.global_step,
+        "planned_steps": state.max_steps,
+        "epochs_done": state.epoch,
+        "stopped_by_time_budget": outcome.stopped_by_time_budget,
+        "train_loss": outcome.train_loss,
+        "train_seconds": round(outcome.train_seconds, 3),
+        "eval_seconds": round(outcome.eval_seconds, 3),
+        "device": device_description(settings.use_cuda, settings.world_size),
+        "world_size": settings.world_size,
+        "log_history": _to_builtin(state.log_history),
+        "versions": _versions(),
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if outcome.confusion_matrix is not None:
+        results["confusion_matrix"] = outcome.confusion_matrix
+        results["label_names"] = list(task.label_names)
+    return results
+
+
+def write_outputs(
+    results_path: Path, results: dict[str, Any], output_dir: str | Path | None, model: Any, tokenizer: Any
+) -> None:
+    with atomic_file(results_path, "w", encoding="utf-8") as handle:
+        json.dump(results, handle, ensure_ascii=False, indent=2)
+        handle.write("\n")
+    if output_dir is not None:
+        with atomic_directory(output_dir) as folder:
+            model.save_pretrained(folder, safe_serialization=True)
+            tokenizer.save_pretrained(folder)
 
 
 def finetune(
@@ -385,23 +748,26 @@ def finetune(
     """Fine-tune ``model_dir`` on ``task_name``, evaluate, and write ``results_dir/<task>.json``.
 
     The evaluation set is ``eval_file`` or, when the benchmark ships no usable dev file, a
-    ``dev_fraction`` carved out of ``train_file`` by ``seed``. Returns the results dictionary.
+    ``dev_fraction`` carved out of ``train_file`` by ``seed``. Settings left None take the task's
+    published defaults. Returns the results record; ``output_dir`` also receives the fine-tuned model.
     """
     task = resolve_task(task_name)
-    model_dir = _require_model_dir(model_dir)
-    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else model_dir
-    if not tokenizer_dir.is_dir():
-        raise ReforBertInputError("tokenizer folder not found", tokenizer_dir)
-    train_file = _require_file(train_file, "train file")
-    eval_file = _require_file(eval_file, "eval file") if eval_file is not None else None
+    model_dir, tokenizer_dir, train_file, eval_file = check_paths(
+        model_dir, tokenizer_dir, train_file, eval_file
+    )
     check_evaluation_source(task.name, eval_file, dev_fraction)
-    check_positive(
+    settings = resolve_settings(
+        task,
+        bf16,
         epochs=epochs,
         max_steps=max_steps,
-        time_budget=time_budget_minutes,
+        time_budget_minutes=time_budget_minutes,
         learning_rate=learning_rate,
         batch_size=batch_size,
         max_seq_length=max_seq_length,
+        max_train_examples=max_train_examples,
+        max_eval_examples=max_eval_examples,
+        seed=seed,
     )
     results_path = Path(results_dir) / f"{task.name}.json"
     # Checked before training so that a long run never ends unable to write its result.
@@ -409,142 +775,24 @@ def finetune(
     if output_dir is not None:
         refuse_to_overwrite(output_dir, overwrite)
 
-    defaults = task.defaults
-    epochs = defaults.epochs if epochs is None else epochs
-    learning_rate = defaults.learning_rate if learning_rate is None else learning_rate
-    batch_size = defaults.batch_size if batch_size is None else batch_size
-    max_seq_length = defaults.max_seq_length if max_seq_length is None else max_seq_length
-
-    splits = load_splits(task, train_file, eval_file, dev_fraction, eval_split_name, seed)
-    train_examples = subsample(splits.train, max_train_examples, seed)
-    eval_examples = subsample(splits.eval, max_eval_examples, seed)
-    if not train_examples:
-        raise ReforBertInputError("no training examples left after carving the dev split", train_file)
-
-    tokenizer = load_tokenizer(tokenizer_dir)
-    train_encoded = task.encode(train_examples, tokenizer, max_seq_length, training=True)
-    eval_encoded = task.encode(eval_examples, tokenizer, max_seq_length, training=False)
-
+    data = prepare_data(task, train_file, eval_file, tokenizer_dir, settings, dev_fraction, eval_split_name)
     set_seed(seed)  # the classifier head is initialised with this seed
     model = load_model(task, model_dir)
-    if attention is not None:
-        # ReforBERT's backends share their weights, so a model pretrained with LSH can be fine-tuned with
-        # exact attention (or "auto") where sequences are short and exact attention is the faster one.
-        if getattr(model.config, "model_type", None) != "reforbert":
-            raise ReforBertInputError("--attention applies to ReforBERT models only", model_dir)
-        model.config.attention_backend = attention
-
-    use_cuda = torch.cuda.is_available()
-    use_bf16 = resolve_bf16(bf16, use_cuda)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    # The published batch sizes are global; under torchrun split them over the processes.
-    per_device_batch = max(1, batch_size // world_size)
-    callbacks = []
-    budget_callback = None
-    if time_budget_minutes is not None:
-        budget_callback = TimeBudgetCallback(time_budget_minutes * 60.0)
-        callbacks.append(budget_callback)
-
-    with tempfile.TemporaryDirectory(prefix="reforbert-finetune-") as scratch:
-        args = training_arguments(
-            scratch,
-            epochs=epochs,
-            max_steps=max_steps,
-            learning_rate=learning_rate,
-            per_device_batch=per_device_batch,
-            use_cuda=use_cuda,
-            use_bf16=use_bf16,
-            seed=seed,
-            logging_steps=logging_steps,
-            progress=progress,
-        )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            data_collator=PaddingCollator(tokenizer.pad_token_id or 0),
-            train_dataset=FeatureDataset(train_encoded.model_inputs),
-            callbacks=callbacks,
-        )
-        started = time.monotonic()
-        train_output = trainer.train()
-        train_seconds = time.monotonic() - started
-
-        started = time.monotonic()
-        prediction = trainer.predict(FeatureDataset(eval_encoded.model_inputs))
-        predictions = prediction.predictions
-        # Trainer returns one array per logit output; QA models give (start, end).
-        if isinstance(predictions, list):
-            predictions = tuple(predictions)
-        metrics = _to_builtin(task.score(eval_examples, eval_encoded, predictions))
-        eval_seconds = time.monotonic() - started
-
-    confusion_matrix = metrics.pop("confusion_matrix", None)
-    if task.main_metric not in metrics:
-        raise RuntimeError(f"task {task.name} did not report its main metric {task.main_metric!r}")
-
-    results: dict[str, Any] = {
-        "task": task.name,
-        "head": task.head,
-        "main_metric": task.main_metric,
-        "metrics": metrics,
-        "split": {
-            "kind": splits.kind,
-            "description": splits.description,
-            "train_file": str(train_file.resolve()),
-            "eval_file": str(splits.eval_source.resolve()),
-            "carved_dev_fraction": dev_fraction,
-        },
-        "eval_file_sha256": sha256_of(splits.eval_source),
-        "train_file_sha256": sha256_of(train_file),
-        "num_train_examples": len(train_examples),
-        "num_eval_examples": len(eval_examples),
-        "num_train_features": len(train_encoded.model_inputs),
-        "num_eval_features": len(eval_encoded.model_inputs),
-        "model": describe_model(trainer.model, model_dir),
-        "tokenizer_path": str(tokenizer_dir.resolve()),
-        "hyperparameters": {
-            "optimizer": "AdamW",
-            "lr_schedule": "linear decay, no warmup",
-            "learning_rate": learning_rate,
-            "weight_decay": WEIGHT_DECAY,
-            "adam_epsilon": ADAM_EPSILON,
-            "max_grad_norm": MAX_GRAD_NORM,
-            "batch_size": per_device_batch * world_size,
-            "per_device_batch_size": per_device_batch,
-            "epochs": epochs,
-            "max_steps": max_steps,
-            "time_budget_minutes": time_budget_minutes,
-            "max_seq_length": max_seq_length,
-            "max_train_examples": max_train_examples,
-            "max_eval_examples": max_eval_examples,
-            "seed": seed,
-            "bf16": use_bf16,
-        },
-        "steps": trainer.state.global_step,
-        "planned_steps": trainer.state.max_steps,
-        "epochs_done": trainer.state.epoch,
-        "stopped_by_time_budget": bool(budget_callback and budget_callback.stopped_early),
-        "train_loss": train_output.training_loss,
-        "train_seconds": round(train_seconds, 3),
-        "eval_seconds": round(eval_seconds, 3),
-        "device": device_description(use_cuda, world_size),
-        "world_size": world_size,
-        "log_history": _to_builtin(trainer.state.log_history),
-        "versions": _versions(),
-        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if confusion_matrix is not None:
-        results["confusion_matrix"] = confusion_matrix
-        results["label_names"] = list(task.label_names)
-
-    if trainer.is_world_process_zero():
-        with atomic_file(results_path, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, ensure_ascii=False, indent=2)
-            handle.write("\n")
-        if output_dir is not None:
-            with atomic_directory(output_dir) as folder:
-                trainer.model.save_pretrained(folder, safe_serialization=True)
-                tokenizer.save_pretrained(folder)
+    check_tokenizer_fits_model(data.tokenizer, model, model_dir)
+    override_attention(model, attention, model_dir)
+    outcome = train_and_evaluate(task, model, data, settings, logging_steps, progress)
+    results = build_results(
+        task,
+        data,
+        outcome,
+        settings,
+        model_dir=model_dir,
+        tokenizer_dir=tokenizer_dir,
+        train_file=train_file,
+        dev_fraction=dev_fraction,
+    )
+    if outcome.trainer.is_world_process_zero():
+        write_outputs(results_path, results, output_dir, outcome.trainer.model, data.tokenizer)
     return results
 
 
@@ -562,34 +810,57 @@ def _versions() -> dict[str, str]:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", help=f"benchmark: {', '.join(TASKS)}")
-    parser.add_argument("--model", required=True, help="pretrained model folder (e.g. RUN/model)")
-    parser.add_argument("--train", required=True, help="training file in the benchmark's own format")
-    parser.add_argument("--eval", help="evaluation file (dev or test) in the benchmark's own format")
-    parser.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
-    parser.add_argument("--dev-fraction", type=float, help="carve this fraction of --train as the dev split")
-    parser.add_argument("--eval-split-name", help="split name for the table (default: from the file name)")
-    parser.add_argument("--results-dir", default="results", help="folder for <task>.json (default: results)")
-    parser.add_argument("--output-dir", help="also save the fine-tuned model here (safetensors)")
-    parser.add_argument("--max-train-examples", type=int, help="train on a seeded random subset of this size")
-    parser.add_argument("--max-eval-examples", type=int, help="score a seeded random subset of this size")
-    parser.add_argument("--epochs", type=float, help="default: the task's published setting")
-    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    parser.add_argument("--time-budget", type=float, metavar="MINUTES", help="stop training after MINUTES")
-    parser.add_argument("--learning-rate", type=float)
-    parser.add_argument("--batch-size", type=int, help="global batch size")
-    parser.add_argument("--max-seq-length", type=int)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--bf16", choices=BF16_CHOICES, default="auto", help="bf16 autocast (default: auto)")
-    parser.add_argument(
-        "--attention",
-        choices=("lsh", "full", "auto"),
-        help="override a ReforBERT model's attention backend for fine-tuning and evaluation "
-        "(default: the backend saved in its config)",
+    from reforbert.cli import add_deprecated_alias, add_example
+
+    add = parser.add_argument
+    add("task", help=f"The benchmark to fine-tune on: {', '.join(TASKS)}.")
+    add("--model", required=True, help="The pretrained model folder (e.g. RUN/model).")
+    add("--train", required=True, help="The training file, in the benchmark's own format.")
+    add("--eval", help="The evaluation file (dev or test), in the benchmark's own format.")
+    add("--tokenizer", help="The tokenizer folder (default: the model folder).")
+    add("--dev-fraction", type=float, help="Carve this fraction of --train out as the evaluation split.")
+    add("--eval-split-name", help="The split's name in the results table (default: from the file name).")
+    add("--results-dir", default="results", help="The folder for TASK.json (default: results).")
+    output = add("--output", "-o", help="Also save the fine-tuned model (safetensors) in this folder.")
+    add_deprecated_alias(parser, output, "--output-dir")
+    add("--max-train-examples", type=int, help="Train on a seeded random subset of this many examples.")
+    add("--max-eval-examples", type=int, help="Score a seeded random subset of this many examples.")
+    add("--epochs", type=float, help="The number of epochs (default: the task's published setting).")
+    add("--max-steps", type=int, help="Stop after this many optimizer steps.")
+    budget = add(
+        "--time-budget-minutes",
+        type=float,
+        metavar="MINUTES",
+        help="Stop training after this many minutes; the evaluation still runs.",
     )
-    parser.add_argument("--logging-steps", type=int, help="log the training loss every N steps (default 50)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing results file")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_deprecated_alias(parser, budget, "--time-budget")
+    add("--learning-rate", type=float, help="The peak learning rate (default: the task's published setting).")
+    add("--batch-size", type=int, help="The global batch size (default: the task's published setting).")
+    max_seq_len = add(
+        "--max-seq-len", type=int, help="The longest input in tokens (default: the task's published setting)."
+    )
+    add_deprecated_alias(parser, max_seq_len, "--max-seq-length")
+    add("--seed", type=int, default=42, help="The seed of subsets, carving and training (default 42).")
+    add(
+        "--bf16",
+        choices=BF16_CHOICES,
+        default="auto",
+        help="Use bf16 autocast (default: auto, where supported).",
+    )
+    add(
+        "--attention",
+        choices=ATTENTION_BACKENDS,
+        help="Override a ReforBERT model's attention backend for fine-tuning and evaluation "
+        "(default: the backend saved in its config).",
+    )
+    add("--logging-steps", type=int, help="Log the training loss every this many steps (default 50).")
+    add("--overwrite", action="store_true", help="Replace an existing results file and output folder.")
+    add("--no-progress", action="store_true", help="Hide the progress bar.")
+    add_example(
+        parser,
+        "reforbert finetune korsts --model run/model --train data/korsts/sts-train.tsv \\",
+        "    --eval data/korsts/sts-dev.tsv --time-budget-minutes 30",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -598,7 +869,7 @@ def run(args: argparse.Namespace) -> int:
         args.model,
         args.train,
         args.eval,
-        output_dir=args.output_dir,
+        output_dir=args.output,
         results_dir=args.results_dir,
         tokenizer_dir=args.tokenizer,
         dev_fraction=args.dev_fraction,
@@ -607,10 +878,10 @@ def run(args: argparse.Namespace) -> int:
         max_eval_examples=args.max_eval_examples,
         epochs=args.epochs,
         max_steps=args.max_steps,
-        time_budget_minutes=args.time_budget,
+        time_budget_minutes=args.time_budget_minutes,
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
-        max_seq_length=args.max_seq_length,
+        max_seq_length=args.max_seq_len,
         seed=args.seed,
         bf16=args.bf16,
         attention=args.attention,

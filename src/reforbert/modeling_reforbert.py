@@ -8,14 +8,17 @@ next-sentence prediction) follow "BERT: Pre-training of Deep Bidirectional Trans
 Understanding" (Devlin et al., NAACL 2019). Unlike the Reformer language model, every token sees the whole
 sequence: LSH chunks look at their neighbours on both sides.
 
-Reading order: embeddings -> attention (shared QK, exact and LSH backends) -> feed-forward -> reversible
-layer and the autograd function that recomputes activations -> encoder -> pretrained-model base -> heads.
+Reading order: embeddings -> attention (shared QK; exact attention; LSH attention: hashing, the reference
+chunk attention and the fused kernel tested against it) -> feed-forward -> reversible layer and the
+autograd function that recomputes activations -> encoder -> pretrained-model base -> heads -> the
+performance devices for CPU training, gathered at the end with the reason and measured gain of each.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -23,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -35,7 +39,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import ModelOutput
 
-from reforbert.configuration_reforbert import ReforBertConfig
+from reforbert.configuration_reforbert import IGNORE_INDEX, ReforBertConfig
 
 # Additive score penalties. A token may attend to itself only when no other key exists, so its self-score
 # is pushed down by a large but finite amount; padding keys are pushed down much further, so a lone real
@@ -45,59 +49,12 @@ PADDING_PENALTY = -1e9
 # Eval-mode LSH rotations are drawn from a generator seeded with this plus the layer index, so that a
 # model in eval mode is a deterministic function of its weights.
 EVAL_HASH_SEED = 4242
-
-
-# ----------------------------------------------------------------------------------------------------
-# Dropout that is cheap on CPU
-# ----------------------------------------------------------------------------------------------------
-
-# A CPU dropout mask is cut from 16-bit lanes of 64-bit random words: one generator call yields four
-# keep/drop decisions, where ``torch.bernoulli_`` makes one call per element. On a 2-core Xeon the native
-# op took about a quarter of a bf16 ``mini`` training step; this mask costs about half as much.
-# The drop rate is ``p`` rounded to a multiple of 1/65536 and the kept values are rescaled by the
-# rounded rate, so expectations are exact.
-_LANE_VALUES = 1 << 16
-
-
-class _CpuDropout(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, inputs: torch.Tensor, p: float) -> torch.Tensor:
-        dropped_lanes = round(p * _LANE_VALUES)
-        count = inputs.numel()
-        words = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
-        lanes = words.view(torch.int16)[:count].view(inputs.shape)  # uniform over [-32768, 32767]
-        keep = lanes >= dropped_lanes - _LANE_VALUES // 2
-        ctx.scale = _LANE_VALUES / (_LANE_VALUES - dropped_lanes)
-        ctx.save_for_backward(keep)
-        return torch.where(keep, inputs * ctx.scale, 0.0)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad_output * ctx.scale, 0.0), None
-
-
-def dropout(inputs: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """``F.dropout`` with the cheaper mask on CPU; on accelerators the native fused kernel is used."""
-    if not training or p == 0.0:
-        return inputs
-    if inputs.device.type != "cpu" or not 0.0 < p < 1.0:
-        return F.dropout(inputs, p=p, training=True)
-    return _CpuDropout.apply(inputs, p)
-
-
-class Dropout(nn.Module):
-    """Module form of :func:`dropout`, used wherever BERT has ``nn.Dropout``."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return dropout(inputs, self.p, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+# The kernel each attention backend runs. "reference" is the plain PyTorch code the tests hold the others
+# to. full: "sdpa" (PyTorch's fused kernels, given a dense additive mask) or "flex" (FlexAttention,
+# CUDA only, memory linear in the length; not yet run on a GPU, so not the default). lsh: "chunked"
+# (LshChunkAttention: forward and backward of the attention 1.4-2.6x as fast as the reference in four
+# fp32 runs at 8 x 512 and 1 x 8,192 tokens on a 2-core CPU shared with other jobs) or "reference".
+ATTENTION_KERNELS: dict[str, str] = {"full": "sdpa", "lsh": "chunked"}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -108,7 +65,7 @@ class Dropout(nn.Module):
 class AxialPositionEmbeddings(nn.Module):
     """Position p = (p // n2, p % n2) embedded as [row(p // n2), column(p % n2)], each half of hidden.
 
-    Only the rows for the positions asked for are gathered, so the full n1 x n2 table never exists.
+    Only the rows for the positions asked for are used, so the full n1 x n2 table never exists.
     """
 
     def __init__(self, config: ReforBertConfig) -> None:
@@ -119,16 +76,19 @@ class AxialPositionEmbeddings(nn.Module):
         self.row_embeddings = nn.Embedding(rows, config.hidden_size // 2)
         self.column_embeddings = nn.Embedding(columns, config.hidden_size // 2)
 
-    def forward(self, length: int, device: torch.device) -> torch.Tensor:
+    def forward(self, length: int) -> torch.Tensor:
         if length > self.max_positions:
             raise ValueError(
                 f"sequence length {length} exceeds max_position_embeddings {self.max_positions} "
                 f"(axial_position_shape {self.row_embeddings.num_embeddings} x {self.columns})"
             )
-        positions = torch.arange(length, device=device)
-        rows = self.row_embeddings(positions // self.columns)
-        columns = self.column_embeddings(positions % self.columns)
-        return torch.cat([rows, columns], dim=-1)  # (length, hidden)
+        rows_used = -(-length // self.columns)
+        # Each row vector repeats along the columns and the column table down the rows: broadcasts, not
+        # lookups with repeated indices, whose backward torch.compile (2.13, CPU) got wrong for the rows.
+        rows = self.row_embeddings.weight[:rows_used, None, :].expand(-1, self.columns, -1)
+        columns = self.column_embeddings.weight[None, :, :].expand(rows_used, -1, -1)
+        table = torch.cat([rows, columns], dim=-1).reshape(rows_used * self.columns, -1)
+        return table[:length]  # (length, hidden)
 
 
 class ReforBertEmbeddings(nn.Module):
@@ -150,7 +110,7 @@ class ReforBertEmbeddings(nn.Module):
         length = input_ids.shape[1]
         embeddings = (
             self.word_embeddings(input_ids)
-            + self.position_embeddings(length, input_ids.device)
+            + self.position_embeddings(length)
             + self.token_type_embeddings(token_type_ids)
         )
         return self.dropout(self.LayerNorm(embeddings))
@@ -167,7 +127,10 @@ class AttentionContext:
 
     backend: str  # "full" or "lsh", already resolved from "auto"
     key_is_real: torch.Tensor  # (batch, length) bool, False at padding
-    full_attention_bias: torch.Tensor | None  # (batch, 1, length, length) additive, only for "full"
+    # Exact attention gets one of: the (batch, 1, length, length) additive mask of the SDPA kernel, or the
+    # block mask of the FlexAttention kernel.
+    full_attention_bias: torch.Tensor | None = None
+    full_attention_block_mask: BlockMask | None = None
 
 
 def resolve_backend(config: ReforBertConfig, length: int) -> str:
@@ -188,17 +151,146 @@ def full_attention_bias(key_is_real: torch.Tensor, dtype: torch.dtype) -> torch.
 def full_attention(
     queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, dropout_p: float
 ) -> torch.Tensor:
-    """Exact attention over (batch, heads, length, head_dim) tensors; keys are already unit length."""
+    """Exact attention over (batch, heads, length, head_dim) tensors; keys are already unit length.
+
+    The reference, and on CPU also the fastest path: PyTorch's fused CPU kernel takes the dense mask at
+    no measurable cost (fp32, 8 x 512 tokens, forward and backward: the same time as without a mask).
+    """
     return F.scaled_dot_product_attention(
         queries, keys, values, attn_mask=bias.to(queries.dtype), dropout_p=dropout_p
     )
 
 
-def _gather_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """tensor (b, h, L, d) and index (b, h, r, L') -> (b, h, r, L', d): rows picked per hashing round."""
-    rounds = index.shape[2]
-    expanded = tensor.unsqueeze(2).expand(-1, -1, rounds, -1, -1)
-    return expanded.gather(3, index.unsqueeze(-1).expand(-1, -1, -1, -1, tensor.shape[-1]))
+# Keys and queries per FlexAttention block (its default).
+FLEX_BLOCK_SIZE = 128
+
+
+def full_attention_block_mask(key_is_real: torch.Tensor) -> BlockMask:
+    """FlexAttention block mask that hides padding keys. Built from per-block counts of real keys, so it
+    takes (length / 128)^2 entries, never length^2: key blocks without a real key are skipped, blocks of
+    real keys only run unmasked, and the rest apply the padding rule per key."""
+    batch, length = key_is_real.shape
+    n_blocks = -(-length // FLEX_BLOCK_SIZE)
+    padded = F.pad(key_is_real, (0, n_blocks * FLEX_BLOCK_SIZE - length), value=False)
+    real_keys = padded.view(batch, n_blocks, FLEX_BLOCK_SIZE).sum(dim=-1)
+    full = real_keys == FLEX_BLOCK_SIZE
+    partial = (real_keys > 0) & ~full
+
+    def per_query_block(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, key blocks) bool -> how many and which key blocks, the same for every query block."""
+        count = selected.sum(dim=-1, dtype=torch.int32)
+        index = torch.argsort((~selected).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return (
+            count.view(batch, 1, 1).expand(batch, 1, n_blocks).contiguous(),
+            index.view(batch, 1, 1, n_blocks).expand(batch, 1, n_blocks, n_blocks).contiguous(),
+        )
+
+    def key_is_not_padding(batch_index, head_index, query_index, key_index):
+        return key_is_real[batch_index, key_index]
+
+    return BlockMask.from_kv_blocks(
+        *per_query_block(partial),
+        *per_query_block(full),
+        BLOCK_SIZE=FLEX_BLOCK_SIZE,
+        mask_mod=key_is_not_padding,
+        seq_lengths=(length, length),
+    )
+
+
+def _self_penalty(score, batch_index, head_index, query_index, key_index):
+    return torch.where(query_index == key_index, score + SELF_PENALTY, score)
+
+
+@functools.cache
+def _compiled_flex_attention() -> Callable[..., torch.Tensor]:
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_full_attention(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    block_mask: BlockMask,
+    compiled: bool = True,
+) -> torch.Tensor:
+    """Exact attention as :func:`full_attention` computes it, without an L x L mask in memory: the
+    self-penalty is a score modification and padding a block mask, so the kernel runs in memory linear in
+    the length. Hidden padding keys get probability 0, as the reference's penalty gives them, in every
+    sequence with at least one real token. No attention dropout; compiled (CUDA) unless told otherwise.
+    """
+    attend = _compiled_flex_attention() if compiled else flex_attention
+    return attend(queries, keys, values, score_mod=_self_penalty, block_mask=block_mask)
+
+
+# ----------------------------------------------------------------------------------------------------
+# LSH attention (Reformer, section 2): hash, sort by bucket, attend within chunks of the sorted order
+# ----------------------------------------------------------------------------------------------------
+
+# Positions hashed at a time. The rotated vectors are (positions x rotation columns) per head and round,
+# so hashing everything at once would need memory that grows with the length times the bucket count;
+# in slices it stays at a few hundred MB.
+HASH_SLICE = 4096
+# Up to this many chunks every round draws one rotation column per chunk (2 x chunks buckets, the
+# paper's rule). Beyond it the buckets are factorised, as in the Reformer paper and Hugging Face's
+# Reformer: two small rotations whose winners combine into b1 x b2 buckets, so hashing costs about
+# sqrt(chunks) instead of `chunks` multiply-adds per position. At 32 chunks (2,048 tokens in buckets of
+# 64) one rotation costs 32 / 384 of the chunk attention's multiply-adds; at 1,024 chunks it would cost
+# more than the attention itself, and the factorised hash measured 8.2x faster there (65,536 tokens).
+SINGLE_ROTATION_MAX_CHUNKS = 32
+
+
+def rotation_factors(n_chunks: int) -> tuple[int, ...]:
+    """Rotation columns per factor of the bucket id: bucket ids combine one winner of [xR, -xR] per
+    factor, so a factor of k columns contributes 2k buckets. About two buckets per chunk either way."""
+    if n_chunks <= SINGLE_ROTATION_MAX_CHUNKS:
+        return (n_chunks,)
+    first = round(math.sqrt(n_chunks / 2))
+    return (first, math.ceil(n_chunks / (2 * first)))
+
+
+def hash_to_buckets(
+    vectors: torch.Tensor, rotations: torch.Tensor, factors: tuple[int, ...] | None = None
+) -> torch.Tensor:
+    """Angular LSH: per factor, the winner of argmax over [xR, -xR] (the sign trick doubles the buckets
+    for free); the winners are the digits of the bucket id, the first factor's the lowest.
+
+    (batch, heads, length, head_dim) and (heads, head_dim, rounds, sum(factors)) ->
+    (batch, heads, rounds, length) bucket ids, chosen in full precision. ``factors`` defaults to one
+    factor holding every rotation column.
+    """
+    factors = factors or (rotations.shape[-1],)
+    slices = []
+    with torch.autocast(vectors.device.type, enabled=False):
+        for start in range(0, vectors.shape[2], HASH_SLICE):
+            part = vectors[:, :, start : start + HASH_SLICE].float()
+            rotated = torch.einsum("bhld,hdrk->bhrlk", part, rotations.float())
+            buckets, place_value = None, 1
+            for columns in rotated.split(factors, dim=-1):
+                top, top_index = columns.max(dim=-1)
+                bottom, bottom_index = columns.min(dim=-1)
+                # -min(xR) is max(-xR): the bucket lies in the negated half when it beats the best positive.
+                digit = torch.where(-bottom > top, bottom_index + columns.shape[-1], top_index)
+                buckets = digit if buckets is None else buckets + place_value * digit
+                place_value *= 2 * columns.shape[-1]
+            slices.append(buckets)
+    return torch.cat(slices, dim=-1)
+
+
+def lsh_sort_order(
+    queries: torch.Tensor,
+    key_is_real: torch.Tensor,
+    rotations: torch.Tensor,
+    factors: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """(batch, heads, rounds, length): each round's positions sorted by (bucket, position)."""
+    length = queries.shape[2]
+    factors = factors or (rotations.shape[-1],)
+    n_buckets = math.prod(2 * columns for columns in factors)
+    buckets = hash_to_buckets(queries, rotations, factors)
+    # Padding goes to an extra last bucket, so it never displaces real tokens from their chunks.
+    buckets = buckets.masked_fill(~key_is_real[:, None, None, :], n_buckets)
+    positions = torch.arange(length, device=queries.device)
+    return (buckets * length + positions).argsort(dim=-1)
 
 
 def _look_around_offsets(n_chunks: int) -> list[int]:
@@ -206,6 +298,54 @@ def _look_around_offsets(n_chunks: int) -> list[int]:
     With two chunks that would count the other chunk twice, with one chunk itself three times, so
     those cases list each chunk once."""
     return [0] if n_chunks == 1 else [0, 1] if n_chunks == 2 else [-1, 0, 1]
+
+
+def mix_rounds(outputs: torch.Tensor, log_normalisers: torch.Tensor) -> torch.Tensor:
+    """Weigh each round's output (b, h, rounds, length, d) by the softmax of its log-sum-exp
+    (b, h, rounds, length): exact attention over the union of keys when the rounds agree."""
+    round_weights = torch.softmax(log_normalisers, dim=2).unsqueeze(-1)
+    return (outputs.float() * round_weights).sum(dim=2).to(outputs.dtype)
+
+
+def lsh_attention(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    key_is_real: torch.Tensor,
+    rotations: torch.Tensor,
+    bucket_size: int,
+    dropout_p: float,
+    training: bool,
+    factors: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """Multi-round LSH attention over (batch, heads, length, head_dim) tensors; keys are unit length.
+
+    The length must already be a multiple of ``bucket_size`` and ``rotations`` is
+    (heads, head_dim, rounds, sum(factors)). Each round hashes the shared query/key vectors to buckets,
+    sorts positions by (bucket, position), cuts the order into chunks of ``bucket_size`` and lets each
+    chunk attend to itself and its neighbours on both sides; rounds are mixed by :func:`mix_rounds`.
+    """
+    order = lsh_sort_order(queries, key_is_real, rotations, factors)
+    if (
+        ATTENTION_KERNELS["lsh"] == "reference"
+        or (training and dropout_p > 0.0)  # dropout needs the probabilities materialised
+        or torch.compiler.is_compiling()  # the compiler fuses the reference's steps itself
+    ):
+        outputs, log_normalisers = lsh_chunk_attention_reference(
+            queries, keys, values, key_is_real, order, bucket_size, dropout_p, training
+        )
+    else:
+        outputs, log_normalisers = LshChunkAttention.apply(
+            queries, keys, values, key_is_real, order, bucket_size
+        )
+    return mix_rounds(outputs, log_normalisers)
+
+
+def _gather_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """tensor (b, h, L, d) and index (b, h, r, L') -> (b, h, r, L', d): rows picked per hashing round."""
+    rounds = index.shape[2]
+    expanded = tensor.unsqueeze(2).expand(-1, -1, rounds, -1, -1)
+    return expanded.gather(3, index.unsqueeze(-1).expand(-1, -1, -1, -1, tensor.shape[-1]))
 
 
 def _look_around(chunks: torch.Tensor) -> torch.Tensor:
@@ -221,66 +361,27 @@ def _lsh_self_bias(n_chunks: int, bucket_size: int, device: torch.device) -> tor
     Positions are unique within a round, so a query meets itself only in its own chunk (offset 0 of
     the look-around window) at its own place there: a diagonal in one fixed block.
     """
-    offsets = _look_around_offsets(n_chunks)
-    bias = torch.zeros(bucket_size, len(offsets) * bucket_size, device=device)
-    own = offsets.index(0) * bucket_size
-    bias[:, own : own + bucket_size].fill_diagonal_(SELF_PENALTY)
-    return bias
+    own = torch.diag(torch.full((bucket_size,), SELF_PENALTY, device=device))
+    blocks = [own if offset == 0 else torch.zeros_like(own) for offset in _look_around_offsets(n_chunks)]
+    return torch.cat(blocks, dim=-1)
 
 
-# Positions hashed at a time. The rotated vectors are (positions x buckets) per head and round, and the
-# number of buckets grows with the length, so hashing everything at once would need memory quadratic in
-# the length (8 GiB at 65,536 tokens); in slices it stays at a few hundred MB.
-HASH_SLICE = 4096
-
-
-def hash_to_buckets(vectors: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """Angular LSH: bucket = argmax over [xR, -xR] (the sign trick doubles the buckets for free).
-
-    (batch, heads, length, head_dim) and (heads, head_dim, rounds, n_buckets // 2) ->
-    (batch, heads, rounds, length) bucket ids, chosen in full precision.
-    """
-    half = rotations.shape[-1]
-    slices = []
-    with torch.autocast(vectors.device.type, enabled=False):
-        for start in range(0, vectors.shape[2], HASH_SLICE):
-            part = vectors[:, :, start : start + HASH_SLICE].float()
-            rotated = torch.einsum("bhld,hdrk->bhrlk", part, rotations.float())
-            top, top_index = rotated.max(dim=-1)
-            bottom, bottom_index = rotated.min(dim=-1)
-            # -min(xR) is max(-xR): the bucket lies in the negated half when it beats the best positive.
-            slices.append(torch.where(-bottom > top, bottom_index + half, top_index))
-    return torch.cat(slices, dim=-1)
-
-
-def lsh_attention(
+def lsh_chunk_attention_reference(
     queries: torch.Tensor,
     keys: torch.Tensor,
     values: torch.Tensor,
     key_is_real: torch.Tensor,
-    rotations: torch.Tensor,
+    order: torch.Tensor,
     bucket_size: int,
     dropout_p: float,
     training: bool,
-) -> torch.Tensor:
-    """Multi-round LSH attention (Reformer, section 2) over (batch, heads, length, head_dim) tensors.
-
-    The length must already be a multiple of ``bucket_size`` and ``rotations`` is
-    (heads, head_dim, rounds, n_buckets // 2). Each round hashes the shared query/key vectors to buckets,
-    sorts positions by (bucket, position), cuts the order into chunks of ``bucket_size`` and lets each
-    chunk attend to itself and its neighbours. Rounds are mixed by the softmax of their log-sum-exps,
-    which is exact attention over the union of keys when the rounds agree.
-    """
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunk attention in plain PyTorch, the oracle of :class:`LshChunkAttention`: every round's sorted
+    rows and their look-around windows are materialised. Returns each round's output
+    (b, h, rounds, length, d) and log-sum-exp (b, h, rounds, length), back in position order."""
     batch, heads, length, head_dim = queries.shape
-    rounds = rotations.shape[2]
+    rounds = order.shape[2]
     n_chunks = length // bucket_size
-    n_buckets = 2 * rotations.shape[3]
-
-    buckets = hash_to_buckets(queries, rotations)
-    # Padding goes to an extra last bucket, so it never displaces real tokens from their chunks.
-    buckets = buckets.masked_fill(~key_is_real[:, None, None, :], n_buckets)
-    positions = torch.arange(length, device=queries.device)
-    order = (buckets * length + positions).argsort(dim=-1)  # sort by bucket, then position
 
     def chunked(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.reshape(*tensor.shape[:3], n_chunks, bucket_size, *tensor.shape[4:])
@@ -301,12 +402,221 @@ def lsh_attention(
     sorted_output = torch.matmul(probabilities.to(sorted_values.dtype), sorted_values)
 
     # Undo the sort: the inverse permutation of each round puts every row back at its position.
+    positions = torch.arange(length, device=queries.device)
     undo = torch.empty_like(order).scatter_(-1, order, positions.expand_as(order))
     output = sorted_output.reshape(batch, heads, rounds, length, head_dim)
     output = output.gather(3, undo.unsqueeze(-1).expand(-1, -1, -1, -1, head_dim))
     log_normaliser = log_normaliser.reshape(batch, heads, rounds, length).gather(3, undo)
-    round_weights = torch.softmax(log_normaliser, dim=2).unsqueeze(-1)  # (b, h, rounds, length, 1)
-    return (output.float() * round_weights).sum(dim=2).to(values.dtype)
+    return output, log_normaliser
+
+
+# Score elements (float32) computed at once by the fused chunk attention; whole hashing rounds are
+# grouped up to this size, so peak memory does not grow with batch, heads or rounds.
+LSH_SCORES_PER_SLICE = 1 << 20
+
+
+class LshChunkAttention(torch.autograd.Function):
+    """Chunk attention over the sorted order without materialised look-around windows.
+
+    Each round's sorted rows are gathered once into a layout that puts copies of the round's last and
+    first chunk around its chunks (its cyclic neighbours): chunks 0, 1, ..., n + 1, where chunk 0 is
+    chunk n and chunk n + 1 is chunk 1. With rounds laid one after another, "chunk i against chunk
+    i + offset" is then one batched matrix product of two shifted views of the same buffer, for a whole
+    slice of rounds at once. Rows of the extra chunks are computed and thrown away: 2 / (n + 2) of the work.
+
+    Forward keeps neither scores nor probabilities: backward recomputes them a slice of rounds at a
+    time from the saved log-sum-exps (as flash attention does), so memory stays linear in the length.
+    Outputs and gradients equal :func:`lsh_chunk_attention_reference` with attention dropout 0.
+    """
+
+    @staticmethod
+    def forward(ctx, queries, keys, values, key_is_real, order, bucket_size):
+        batch, heads, length, head_dim = queries.shape
+        rounds = order.shape[2]
+        layout = _SortedChunkLayout(key_is_real, order, bucket_size)
+        sources = [_rows_by_position(t) for t in (queries, keys, values)]
+        outputs = values.new_empty(batch * heads * rounds * length, head_dim)
+        log_normalisers = torch.empty(batch * heads * rounds * length, device=values.device)
+        with torch.autocast(queries.device.type, enabled=False):
+            for groups in layout.slices():
+                sorted_queries, sorted_keys, sorted_values = (layout.gather(s, groups) for s in sources)
+                probabilities, log_normaliser = layout.probabilities(sorted_queries, sorted_keys, groups)
+                sorted_output = torch.zeros(probabilities.shape[1:3] + (head_dim,), device=values.device)
+                for offset_probabilities, offset in zip(probabilities, layout.offsets, strict=True):
+                    shifted_values = layout.shifted(sorted_values, offset)
+                    sorted_output += torch.bmm(offset_probabilities.to(values.dtype), shifted_values)
+                layout.scatter(outputs, sorted_output.to(values.dtype), groups)
+                layout.scatter(log_normalisers, log_normaliser, groups)
+        outputs = outputs.view(batch, heads, rounds, length, head_dim)
+        log_normalisers = log_normalisers.view(batch, heads, rounds, length)
+        ctx.layout = layout
+        ctx.save_for_backward(queries, keys, values, outputs, log_normalisers)
+        return outputs, log_normalisers
+
+    @staticmethod
+    def backward(ctx, grad_outputs, grad_log_normalisers):
+        queries, keys, values, outputs, log_normalisers = ctx.saved_tensors
+        layout: _SortedChunkLayout = ctx.layout
+        scale = math.sqrt(queries.shape[-1])
+        if grad_outputs is None:
+            grad_outputs = torch.zeros_like(outputs)
+        if grad_log_normalisers is None:
+            grad_log_normalisers = torch.zeros_like(log_normalisers)
+        sources = [_rows_by_position(t) for t in (queries, keys, values)]
+        grads = [torch.zeros(s.shape, device=s.device) for s in sources]
+        # d loss / d score_j = p_j (d loss / d p_j - sum_k p_k d loss / d p_k + d loss / d lse), and the
+        # sum is dO . O, one number per row.
+        row_terms = grad_log_normalisers - (grad_outputs.float() * outputs.float()).sum(dim=-1)
+        grad_rows = grad_outputs.reshape(-1, outputs.shape[-1])
+        with torch.autocast(queries.device.type, enabled=False):
+            for groups in layout.slices():
+                sorted_queries, sorted_keys, sorted_values = (layout.gather(s, groups) for s in sources)
+                probabilities, _ = layout.probabilities(
+                    sorted_queries, sorted_keys, groups, log_normalisers.reshape(-1)
+                )
+                # Rows of the extra chunks get no gradient: their outputs were thrown away.
+                sorted_grad = layout.gather(grad_rows, groups, by_round=True, zero_extra_chunks=True)[1:-1]
+                sorted_terms = layout.gather(
+                    row_terms.reshape(-1, 1), groups, by_round=True, zero_extra_chunks=True
+                )[1:-1]
+                inner_queries = sorted_queries[1:-1]
+                grad_queries = torch.zeros(inner_queries.shape, device=queries.device)
+                grad_keys = torch.zeros(sorted_keys.shape, device=keys.device)
+                grad_values = torch.zeros(sorted_values.shape, device=values.device)
+                for offset_probabilities, offset in zip(probabilities, layout.offsets, strict=True):
+                    shifted_keys = layout.shifted(sorted_keys, offset)
+                    shifted_values = layout.shifted(sorted_values, offset)
+                    grad_scores = torch.bmm(sorted_grad, shifted_values.transpose(1, 2)).float()
+                    grad_scores = offset_probabilities * (grad_scores + sorted_terms)
+                    # Scores overwritten by the padding penalty do not depend on queries or keys.
+                    grad_scores.masked_fill_(layout.key_is_padding(groups, offset), 0.0)
+                    grad_scores = (grad_scores / scale).to(queries.dtype)
+                    grad_queries += torch.bmm(grad_scores, shifted_keys)
+                    layout.shifted(grad_keys, offset).add_(
+                        torch.bmm(grad_scores.transpose(1, 2), inner_queries)
+                    )
+                    transposed = offset_probabilities.to(values.dtype).transpose(1, 2)
+                    layout.shifted(grad_values, offset).add_(torch.bmm(transposed, sorted_grad))
+                grad_queries = F.pad(grad_queries, (0, 0, 0, 0, 1, 1))
+                for grad, sorted_rows in zip(grads, (grad_queries, grad_keys, grad_values), strict=True):
+                    layout.scatter_add(grad, sorted_rows, groups)
+        grad_queries, grad_keys, grad_values = (
+            _from_rows_by_position(grad, like)
+            for grad, like in zip(grads, (queries, keys, values), strict=True)
+        )
+        return grad_queries, grad_keys, grad_values, None, None, None
+
+
+def _rows_by_position(tensor: torch.Tensor) -> torch.Tensor:
+    """(batch, heads, length, d) -> (batch * length * heads, d), row (b * length + position) * heads + h:
+    free for the head-split view of a (batch, length, hidden) projection."""
+    batch, heads, length, head_dim = tensor.shape
+    return tensor.transpose(1, 2).reshape(batch * length * heads, head_dim)
+
+
+def _from_rows_by_position(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    batch, heads, length, head_dim = like.shape
+    return rows.view(batch, length, heads, head_dim).transpose(1, 2).to(like.dtype)
+
+
+class _SortedChunkLayout:
+    """Index bookkeeping of :class:`LshChunkAttention` for one call.
+
+    A "group" is one hashing round of one head of one sequence. Its sorted order, extended by a copy of
+    its last chunk in front and of its first chunk behind, says which rows fill the group's n + 2 chunks.
+    Gathered tensors are (groups in the slice x (n + 2), chunk, d); inner rows are all but the first and
+    last chunk of that, the rows whose scores are computed.
+    """
+
+    def __init__(self, key_is_real: torch.Tensor, order: torch.Tensor, bucket_size: int) -> None:
+        batch, heads, rounds, length = order.shape
+        self.chunk = bucket_size
+        self.length = length
+        self.n_chunks = length // bucket_size
+        self.offsets = _look_around_offsets(self.n_chunks)
+        self.groups = batch * heads * rounds
+        extended = torch.cat([order[..., -bucket_size:], order, order[..., :bucket_size]], dim=-1)
+        sequence_rows = torch.arange(batch, device=order.device).view(-1, 1, 1, 1) * length + extended
+        heads_index = torch.arange(heads, device=order.device).view(1, -1, 1, 1)
+        # Rows of (batch * length * heads, d) query/key/value tensors, see _rows_by_position.
+        self.position_rows = (sequence_rows * heads + heads_index).reshape(self.groups, -1)
+        # Rows of (groups * length, ...) per-round tensors: outputs and log-sum-exps.
+        group_index = torch.arange(self.groups, device=order.device).unsqueeze(1)
+        self.round_rows = group_index * length + extended.reshape(self.groups, -1)
+        self.key_is_real = key_is_real.reshape(-1)[sequence_rows].reshape(self.groups, -1)
+        scores_per_group = (self.n_chunks + 2) * len(self.offsets) * bucket_size**2
+        self.groups_per_slice = max(1, LSH_SCORES_PER_SLICE // scores_per_group)
+
+    def slices(self) -> Iterator[slice]:
+        for start in range(0, self.groups, self.groups_per_slice):
+            yield slice(start, min(start + self.groups_per_slice, self.groups))
+
+    def gather(
+        self, source: torch.Tensor, groups: slice, by_round: bool = False, zero_extra_chunks: bool = False
+    ) -> torch.Tensor:
+        """Rows of ``source`` ((b * length * heads, d), or (groups * length, d) with ``by_round``) in the
+        extended sorted order of ``groups``, as (groups x (n + 2), chunk, d)."""
+        index = (self.round_rows if by_round else self.position_rows)[groups].reshape(-1)
+        gathered = source[index].view(-1, self.chunk, source.shape[-1])
+        if zero_extra_chunks:
+            per_group = gathered.view(-1, self.n_chunks + 2, *gathered.shape[1:])
+            per_group[:, 0] = 0
+            per_group[:, -1] = 0
+        return gathered
+
+    @staticmethod
+    def shifted(chunks: torch.Tensor, offset: int) -> torch.Tensor:
+        """The chunks that inner chunk t meets at ``offset``: chunk t + offset, a view."""
+        return chunks[1 + offset : chunks.shape[0] - 1 + offset]
+
+    def key_is_padding(self, groups: slice, offset: int) -> torch.Tensor:
+        """(inner chunks, 1, chunk) bool: the keys at ``offset`` that are padding."""
+        real = self.key_is_real[groups].reshape(-1, self.chunk)
+        return ~self.shifted(real, offset).unsqueeze(1)
+
+    def probabilities(
+        self,
+        sorted_queries: torch.Tensor,
+        sorted_keys: torch.Tensor,
+        groups: slice,
+        log_normalisers: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention probabilities (offsets, inner chunks, chunk, chunk) in float32 and the log-sum-exps
+        (inner chunks, chunk); given saved ``log_normalisers`` (groups * length,) they are reused."""
+        head_dim = sorted_queries.shape[-1]
+        inner_queries = sorted_queries[1:-1]
+        scores = torch.empty(
+            len(self.offsets), *inner_queries.shape[:2], self.chunk, device=sorted_queries.device
+        )
+        for offset_scores, offset in zip(scores, self.offsets, strict=True):
+            offset_scores.copy_(torch.bmm(inner_queries, self.shifted(sorted_keys, offset).transpose(1, 2)))
+        # The same operations, in the same order, as the reference: scale, pad, then the self-penalty.
+        scores.div_(math.sqrt(head_dim))
+        for offset_scores, offset in zip(scores, self.offsets, strict=True):
+            offset_scores.masked_fill_(self.key_is_padding(groups, offset), PADDING_PENALTY)
+        # Positions are unique within a round: a query meets itself at offset 0, at its own place.
+        scores[self.offsets.index(0)].diagonal(dim1=-2, dim2=-1).add_(SELF_PENALTY)
+        if log_normalisers is None:
+            log_normaliser = torch.logsumexp(scores, dim=(0, 3))
+        else:
+            log_normaliser = log_normalisers[self.round_rows[groups].reshape(-1)].view(-1, self.chunk)[1:-1]
+        return scores.sub_(log_normaliser[None, :, :, None]).exp_(), log_normaliser
+
+    def scatter(self, target: torch.Tensor, inner: torch.Tensor, groups: slice) -> None:
+        """Write rows computed for inner chunks, (inner chunks, chunk, ...), to ``target`` (groups * length,
+        ...) at their positions; rows of the extra chunks are dropped."""
+        n_groups = groups.stop - groups.start
+        row_size = inner[0, 0].numel()
+        stride = (inner.stride(0) * (self.n_chunks + 2), inner.stride(0), *inner.stride()[1:])
+        # Inner chunk t is chunk t + 1 of the extended layout: group g's real chunks are inner chunks
+        # g (n + 2) ... g (n + 2) + n - 1.
+        real_chunks = inner.as_strided((n_groups, self.n_chunks, *inner.shape[1:]), stride)
+        positions = self.round_rows[groups, self.chunk : self.chunk + self.length].reshape(-1)
+        target.view(-1, row_size).index_copy_(0, positions, real_chunks.reshape(-1, row_size))
+
+    def scatter_add(self, target: torch.Tensor, gathered: torch.Tensor, groups: slice) -> None:
+        """Add rows in the extended sorted order, (groups x (n + 2), chunk, d), back at their sources."""
+        target.index_add_(0, self.position_rows[groups].reshape(-1), gathered.view(-1, gathered.shape[-1]))
 
 
 class ReforBertSelfAttention(nn.Module):
@@ -328,8 +638,8 @@ class ReforBertSelfAttention(nn.Module):
         batch, length, _ = tensor.shape
         return tensor.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def _rotations(self, n_buckets: int, device: torch.device) -> torch.Tensor:
-        shape = (self.num_heads, self.head_dim, self.config.lsh_num_hashes, n_buckets // 2)
+    def _rotations(self, columns: int, device: torch.device) -> torch.Tensor:
+        shape = (self.num_heads, self.head_dim, self.config.lsh_num_hashes, columns)
         if self.training:
             # Fresh hashes every step; the reversible backward replays them by restoring the RNG state.
             return torch.randn(shape, device=device)
@@ -346,7 +656,9 @@ class ReforBertSelfAttention(nn.Module):
         keys = F.normalize(queries, dim=-1).to(queries.dtype)
         values = self._split_heads(self.value(hidden_states))
         dropout_p = self.dropout_p if self.training else 0.0
-        if context.backend == "full":
+        if context.full_attention_block_mask is not None:
+            output = flex_full_attention(queries, keys, values, context.full_attention_block_mask)
+        elif context.backend == "full":
             output = full_attention(queries, keys, values, context.full_attention_bias, dropout_p)
         else:
             output = self._lsh(queries, keys, values, context.key_is_real, dropout_p)
@@ -367,11 +679,11 @@ class ReforBertSelfAttention(nn.Module):
         if extra:
             queries, keys, values = (F.pad(t, (0, 0, 0, extra)) for t in (queries, keys, values))
             key_is_real = F.pad(key_is_real, (0, extra), value=False)
-        # Two buckets per chunk on average (Reformer, section 2); at least one rotation direction.
-        n_buckets = 2 * (padded_length // bucket_size)
-        rotations = self._rotations(n_buckets, queries.device)
+        # About two buckets per chunk (Reformer, section 2).
+        factors = rotation_factors(padded_length // bucket_size)
+        rotations = self._rotations(sum(factors), queries.device)
         output = lsh_attention(
-            queries, keys, values, key_is_real, rotations, bucket_size, dropout_p, self.training
+            queries, keys, values, key_is_real, rotations, bucket_size, dropout_p, self.training, factors
         )
         return output[:, :, :length]
 
@@ -475,7 +787,9 @@ class ReversibleFunction(torch.autograd.Function):
         device_type = x1.device.type
         # The recompute in backward must run under the same autocast as this forward.
         ctx.autocast = (
-            device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+            device_type,
+            torch.is_autocast_enabled(device_type),
+            torch.get_autocast_dtype(device_type),
         )
         ctx.random_states = []
         with torch.no_grad():
@@ -612,6 +926,22 @@ class ReforBertModel(ReforBertPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
+    def _attention_context(self, key_is_real: torch.Tensor, dtype: torch.dtype) -> AttentionContext:
+        """The backend for this length and, for exact attention, the mask its kernel takes: built once
+        per call and shared by all layers."""
+        backend = resolve_backend(self.config, key_is_real.shape[1])
+        context = AttentionContext(backend=backend, key_is_real=key_is_real)
+        if backend != "full":
+            return context
+        dropout_p = self.config.attention_probs_dropout_prob if self.training else 0.0
+        if ATTENTION_KERNELS["full"] == "flex" and key_is_real.device.type == "cuda" and dropout_p == 0.0:
+            context.full_attention_block_mask = full_attention_block_mask(key_is_real)
+        else:
+            context.full_attention_bias = full_attention_bias(
+                key_is_real, mask_dtype(key_is_real.device, dtype)
+            )
+        return context
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -628,17 +958,9 @@ class ReforBertModel(ReforBertPreTrainedModel):
             key_is_real = torch.ones_like(input_ids, dtype=torch.bool)
         else:
             key_is_real = attention_mask.to(device=input_ids.device).bool()
-        backend = resolve_backend(self.config, input_ids.shape[1])
-        bias = None
-        if backend == "full":
-            # Built once per call and shared by all layers; in the autocast dtype when one is active.
-            dtype = hidden_states.dtype
-            if torch.is_autocast_enabled(input_ids.device.type):
-                dtype = torch.get_autocast_dtype(input_ids.device.type)
-            bias = full_attention_bias(key_is_real, dtype)
-        context = AttentionContext(backend=backend, key_is_real=key_is_real, full_attention_bias=bias)
+        context = self._attention_context(key_is_real, hidden_states.dtype)
         if output_hidden_states is None:
-            output_hidden_states = bool(getattr(self.config, "output_hidden_states", False))
+            output_hidden_states = self.config.output_hidden_states
         sequence_output, all_states = self.encoder(hidden_states, context, output_hidden_states)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
         output = BaseModelOutputWithPooling(
@@ -669,7 +991,7 @@ class ReforBertLMPredictionHead(nn.Module):
 @dataclass
 class ReforBertForPreTrainingOutput(ModelOutput):
     """``prediction_logits`` is (batch, length, vocab) without labels and (n_masked, vocab) with labels:
-    only the positions whose label is not -100 are scored."""
+    only the positions whose label is not IGNORE_INDEX (-100) are scored."""
 
     loss: torch.Tensor | None = None
     mlm_loss: torch.Tensor | None = None
@@ -677,21 +999,6 @@ class ReforBertForPreTrainingOutput(ModelOutput):
     prediction_logits: torch.Tensor | None = None
     seq_relationship_logits: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
-
-
-# The number of masked tokens changes with every batch. On CPU, oneDNN builds (and caches) a kernel for
-# each matrix shape it meets, which under bf16 autocast cost the training loop 12-23% over a loop that
-# replayed the same batches; scoring a row count rounded up to this multiple keeps the shapes few.
-MASKED_ROWS_MULTIPLE = 64
-
-
-def _rows_in_padded_count(hidden_states: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
-    """The rows of ``hidden_states`` (batch, length, hidden) where ``selected`` is True, followed by
-    copies of the first row up to a multiple of MASKED_ROWS_MULTIPLE; callers drop the extra rows."""
-    positions = selected.flatten().nonzero().squeeze(1)
-    extra = -positions.numel() % MASKED_ROWS_MULTIPLE
-    positions = F.pad(positions, (0, extra))
-    return hidden_states.flatten(0, 1)[positions]
 
 
 _TIED_DECODER = {"lm_head.decoder.weight": "reforbert.embeddings.word_embeddings.weight"}
@@ -742,7 +1049,7 @@ class ReforBertForPreTraining(_MaskedLMMixin, ReforBertPreTrainedModel):
             prediction_logits = self.lm_head(sequence_output)
         else:
             # The vocabulary projection is the largest activation; score masked positions only.
-            selected = labels != -100
+            selected = labels != IGNORE_INDEX
             prediction_logits = self.lm_head(_rows_in_padded_count(sequence_output, selected))
             prediction_logits = prediction_logits[: int(selected.sum())]
             if prediction_logits.shape[0]:
@@ -837,7 +1144,8 @@ class ReforBertForSequenceClassification(ReforBertPreTrainedModel):
 
 
 class ReforBertForTokenClassification(ReforBertPreTrainedModel):
-    """Per-token dropout -> linear; labels of -100 are ignored (sub-word continuations, padding)."""
+    """Per-token dropout -> linear; labels of IGNORE_INDEX (-100) are ignored (sub-word continuations,
+    padding)."""
 
     def __init__(self, config: ReforBertConfig) -> None:
         super().__init__(config)
@@ -908,6 +1216,85 @@ class ReforBertForQuestionAnswering(ReforBertPreTrainedModel):
             hidden_states=encoded.hidden_states,
         )
         return output if _return_dict(self.config, return_dict) else output.to_tuple()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Performance devices for CPU training. None of them changes what the model computes; each says why it
+# is here and what it measured.
+# ----------------------------------------------------------------------------------------------------
+
+# 1. Dropout mask from 16-bit lanes. The mask is cut from 16-bit lanes of 64-bit random words: one
+# generator call yields four keep/drop decisions, where ``torch.bernoulli_`` makes one call per element.
+# Measured on a 2-core Xeon: the native op took about a quarter of a bf16 ``mini`` training step; this
+# mask costs about half as much. The drop rate is ``p`` rounded to a multiple of 1/65536 and the kept
+# values are rescaled by the rounded rate, so expectations are exact.
+_LANE_VALUES = 1 << 16
+
+
+class _CpuDropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, inputs: torch.Tensor, p: float) -> torch.Tensor:
+        dropped_lanes = round(p * _LANE_VALUES)
+        count = inputs.numel()
+        words = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+        lanes = words.view(torch.int16)[:count].view(inputs.shape)  # uniform over [-32768, 32767]
+        keep = lanes >= dropped_lanes - _LANE_VALUES // 2
+        ctx.scale = _LANE_VALUES / (_LANE_VALUES - dropped_lanes)
+        ctx.save_for_backward(keep)
+        return torch.where(keep, inputs * ctx.scale, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, grad_output * ctx.scale, 0.0), None
+
+
+def dropout(inputs: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``F.dropout`` with the cheaper mask on CPU; on accelerators the native fused kernel is used."""
+    if not training or p == 0.0:
+        return inputs
+    if inputs.device.type != "cpu" or not 0.0 < p < 1.0:
+        return F.dropout(inputs, p=p, training=True)
+    return _CpuDropout.apply(inputs, p)
+
+
+class Dropout(nn.Module):
+    """Module form of :func:`dropout`, used wherever BERT has ``nn.Dropout``."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return dropout(inputs, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+# 2. Masked rows padded to 64. The number of masked tokens changes with every batch. On CPU, oneDNN builds
+# (and caches) a kernel for each matrix shape it meets, which under bf16 autocast cost the training loop
+# 12-23% over a loop that replayed the same batches; scoring a row count rounded up to this multiple
+# keeps the shapes few.
+MASKED_ROWS_MULTIPLE = 64
+
+
+def _rows_in_padded_count(hidden_states: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """The rows of ``hidden_states`` (batch, length, hidden) where ``selected`` is True, followed by
+    copies of the first row up to a multiple of MASKED_ROWS_MULTIPLE; callers drop the extra rows."""
+    positions = selected.flatten().nonzero().squeeze(1)
+    extra = -positions.numel() % MASKED_ROWS_MULTIPLE
+    positions = F.pad(positions, (0, extra))
+    return hidden_states.flatten(0, 1)[positions]
+
+
+# 3. Autocast dtype detection. The dense mask of exact attention is built once per call in the dtype the
+# kernels will see, instead of being converted in every layer; this gain was not measured on its own.
+def mask_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The autocast dtype of ``device`` when autocast is on there, else ``dtype``."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return dtype
 
 
 __all__ = [

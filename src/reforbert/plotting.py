@@ -2,8 +2,9 @@
 
 Reads RUN/metrics.jsonl (written by ``reforbert pretrain``) and draws three panels against the
 number of tokens seen, so runs with different batch sizes line up: training losses (total, MLM,
-NSP), held-out MLM loss, and accuracies (held-out MLM and NSP; training MLM accuracy as a thin
-line). :func:`plot_runs` overlays several runs in one figure, one colour per run.
+NSP), held-out MLM loss, and accuracies (held-out MLM, held-out MLM at the positions shown as [MASK],
+and NSP; training MLM accuracy as a thin line). A metric that a log does not hold is left out, so logs
+of older runs draw too. :func:`plot_runs` overlays several runs in one figure, one colour per run.
 """
 
 from __future__ import annotations
@@ -76,38 +77,27 @@ def plot_runs(
     if labels is not None and len(labels) != len(run_dirs):
         raise ReforBertInputError(f"{len(labels)} labels for {len(run_dirs)} runs")
     labels = list(labels) if labels is not None else [d.name for d in run_dirs]
-    runs = [_read_run(d) for d in run_dirs]
+    figure = draw_curves([_read_run(d) for d in run_dirs], labels)
+    output_png = Path(output_png)
+    with atomic_file(output_png, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=120)
+    plt.close(figure)
+    return output_png
 
-    figure, (loss_axis, eval_axis, accuracy_axis) = plt.subplots(1, 3, figsize=(16, 4.5))
+
+def draw_curves(runs: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]], labels: list[str]) -> Any:
+    """A figure of three panels (training loss, held-out loss, accuracies) with every run's curves."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for number, ((train, evaluation), label) in enumerate(zip(runs, labels, strict=True)):
-        colour = colours[number % len(colours)]
-        for key, style in (("loss", "-"), ("mlm_loss", "--"), ("nsp_loss", ":")):
-            x, y = _series(train, key)
-            if y:
-                loss_axis.plot(x, y, color=colour, alpha=0.2, linewidth=0.8)
-                loss_axis.plot(x, _smooth(y), color=colour, linestyle=style, label=f"{label} {key}")
-        x, y = _series(evaluation, "eval_mlm_loss")
-        if y:
-            eval_axis.plot(x, y, color=colour, marker="o", markersize=3, label=f"{label} held-out MLM loss")
-        for key, style, name in (
-            ("eval_mlm_accuracy", "-", "held-out MLM"),
-            ("eval_nsp_accuracy", "--", "held-out NSP"),
-        ):
-            x, y = _series(evaluation, key)
-            if y:
-                accuracy_axis.plot(
-                    x, y, color=colour, linestyle=style, marker="o", markersize=3, label=f"{label} {name}"
-                )
-        x, y = _series(train, "mlm_accuracy")
-        if y:
-            accuracy_axis.plot(
-                x, _smooth(y), color=colour, linewidth=0.8, alpha=0.5, label=f"{label} train MLM"
-            )
-    for axis, title, ylabel in (
-        (loss_axis, "Training loss (smoothed; raw faint)", "loss"),
-        (eval_axis, "Held-out MLM loss", "loss"),
-        (accuracy_axis, "Accuracy", "accuracy"),
+        _draw_run(axes, train, evaluation, label, colours[number % len(colours)])
+    for axis, title, ylabel in zip(
+        axes,
+        ("Training loss (smoothed; raw faint)", "Held-out MLM loss", "Accuracy"),
+        ("loss", "loss", "accuracy"),
+        strict=True,
     ):
         axis.set_title(title)
         axis.set_xlabel("tokens seen")
@@ -120,11 +110,40 @@ def plot_runs(
                 0.5, 0.5, "no held-out evaluations logged", ha="center", va="center", transform=axis.transAxes
             )
     figure.tight_layout()
-    output_png = Path(output_png)
-    with atomic_file(output_png, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=120)
-    plt.close(figure)
-    return output_png
+    return figure
+
+
+def _draw_run(
+    axes: Sequence[Any],
+    train: list[dict[str, Any]],
+    evaluation: list[dict[str, Any]],
+    label: str,
+    colour: str,
+) -> None:
+    """One run's curves in one colour; a metric the run's log does not hold is skipped."""
+    loss_axis, eval_axis, accuracy_axis = axes
+    for key, style in (("loss", "-"), ("mlm_loss", "--"), ("nsp_loss", ":")):
+        x, y = _series(train, key)
+        if y:
+            loss_axis.plot(x, y, color=colour, alpha=0.2, linewidth=0.8)
+            loss_axis.plot(x, _smooth(y), color=colour, linestyle=style, label=f"{label} {key}")
+    x, y = _series(evaluation, "eval_mlm_loss")
+    if y:
+        eval_axis.plot(x, y, color=colour, marker="o", markersize=3, label=f"{label} held-out MLM loss")
+    for key, style, name in (
+        ("eval_mlm_accuracy", "-", "held-out MLM"),
+        # The model cannot copy the answer at these positions: the accuracy learnt from context.
+        ("eval_mlm_accuracy_at_mask", "-.", "held-out MLM at [MASK]"),
+        ("eval_nsp_accuracy", "--", "held-out NSP"),
+    ):
+        x, y = _series(evaluation, key)
+        if y:
+            accuracy_axis.plot(
+                x, y, color=colour, linestyle=style, marker="o", markersize=3, label=f"{label} {name}"
+            )
+    x, y = _series(train, "mlm_accuracy")
+    if y:
+        accuracy_axis.plot(x, _smooth(y), color=colour, linewidth=0.8, alpha=0.5, label=f"{label} train MLM")
 
 
 def plot_run(run_dir: str | Path, output_png: str | Path | None = None) -> Path:

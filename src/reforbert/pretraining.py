@@ -1,10 +1,17 @@
 """``reforbert pretrain``: masked-language-model + next-sentence pretraining of ReforBertForPreTraining.
 
-The loop is written out here and runs on Hugging Face Accelerate, which supplies process groups
-(``torchrun`` / ``accelerate launch``, NCCL on GPUs, gloo on CPUs), DistributedDataParallel with
-``no_sync`` during gradient accumulation, bf16/fp16 autocast with fp16 loss scaling, gradient
-clipping through the scaler, and optional ``torch.compile``. A hand-written loop (rather than the
-Trainer) is what makes the guarantees below cheap to keep:
+The file reads in the order of a run: the data order, metrics, batches and running sums, then the
+setup steps (data, model, optimizer and schedule, accelerator, checkpoints), the training step,
+evaluation, and the loop itself in :func:`run_pretraining`. Every setting comes from one
+:class:`~reforbert.pretraining_arguments.PretrainingArguments`; checkpoint files are written and read by
+:mod:`reforbert.checkpointing`, FLOP and MFU accounting live in :mod:`reforbert.flops`.
+
+The loop runs on Hugging Face Accelerate, which supplies process groups (``torchrun`` /
+``accelerate launch``, NCCL on GPUs, gloo on CPUs), DistributedDataParallel with ``no_sync`` during
+gradient accumulation and gradient clipping. Autocast and fp16 loss scaling come from ``torch.amp``
+directly: Accelerate fixes the precision once per process, and tests and benchmarks run pretrainings of
+different precisions one after another. A hand-written loop (rather than the Trainer) is what makes the
+guarantees below cheap to keep:
 
 * Exact resume. The data order is a seeded permutation per epoch, each optimizer step takes the
   next ``global_batch_size`` indices whatever the number of processes, masking is seeded per
@@ -22,13 +29,6 @@ Trainer) is what makes the guarantees below cheap to keep:
 Several GPUs or nodes: launch the same command under ``torchrun`` (or ``accelerate launch``), e.g.
 ``torchrun --nproc-per-node 8 -m reforbert.cli pretrain --data D --vocab V --output RUN``; the
 micro-batches of each global batch are spread over the processes and accumulation shrinks to match.
-
-Checkpoint folder ``RUN/checkpoints/step-N/``:
-  ``model.safetensors`` + ``config.json``  model weights and config;
-  ``optimizer.safetensors``                 AdamW moments and step counts, keyed ``state.<param>.<name>``;
-  ``rng.safetensors``                       torch CPU (and CUDA) generator states;
-  ``trainer_state.json``                    step, data position, tokens seen, scheduler, loss scaler,
-                                            optimizer param groups, and the settings that must not change.
 """
 
 from __future__ import annotations
@@ -38,35 +38,38 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
-import re
 import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors import SafetensorError
+from safetensors.torch import load_model
 
-from reforbert.configuration_reforbert import MASK_ID, PRESETS, ReforBertConfig
-from reforbert.data.shards import VOCAB_MODEL_FILE
-from reforbert.errors import ReforBertInputError
-from reforbert.fileio import atomic_directory, atomic_file
-
-CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
-CHECKPOINT_FILES = (
-    "model.safetensors",
-    "config.json",
-    "optimizer.safetensors",
-    "rng.safetensors",
-    "trainer_state.json",
+from reforbert.checkpointing import (
+    SHAPE_FIELDS,
+    TrainingObjects,
+    TrainingState,
+    list_checkpoints,
+    load_checkpoint,
+    newest_usable_checkpoint,
+    read_trainer_state,
+    save_checkpoint,
 )
+from reforbert.configuration_reforbert import IGNORE_INDEX, MASK_ID, PRESETS, ReforBertConfig
+from reforbert.data.vocab import SENTENCEPIECE_MODEL_FILE
+from reforbert.errors import ReforBertInputError
+from reforbert.fileio import atomic_directory, atomic_file, sha256_of
+from reforbert.flops import count_model_flops_per_token, default_peak_tflops, model_flops_utilization
+from reforbert.pretraining_arguments import PretrainingArguments, arguments_from_namespace, changed_invariants
+
 # What a run folder holds; --overwrite removes exactly these and nothing else the user put there.
 RUN_ENTRIES = ("checkpoints", "model", "metrics.jsonl", "tensorboard", "run_settings.json", "curves.png")
-# Settings that fix the data order and the loss; changing them on --resume would silently change the run.
-RESUME_INVARIANTS = ("global_batch_size", "seed", "mlm_probability", "nsp", "max_seq_len", "data")
 
 MEMORY_LEVERS = """\
 Ways to reduce memory, roughly from most to least effective:
@@ -77,6 +80,13 @@ Ways to reduce memory, roughly from most to least effective:
                            (with a smaller --bucket-size or fewer --num-hashes);
   --precision bf16         half-precision activations on hardware that supports them."""
 
+# Builds the model to train from its config. The default is ReforBertForPreTraining; another factory
+# must return a module that takes the same inputs and returns ``mlm_loss``, ``nsp_loss`` (None without
+# next-sentence labels), ``prediction_logits`` and ``seq_relationship_logits``, and has a ``config``
+# with ``to_json_file`` and a ``save_pretrained`` method (benchmarks/pretrain_throughput.py trains
+# Hugging Face BERT through this loop this way).
+ModelFactory = Callable[[ReforBertConfig], torch.nn.Module]
+
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is left in place."""
@@ -86,108 +96,58 @@ class PretrainingOutOfMemory(RuntimeError):
     """The device ran out of memory; the message lists the settings that reduce memory."""
 
 
-@dataclasses.dataclass
-class TrainingState:
-    """Everything besides tensors that a resumed run needs to continue exactly."""
+class PretrainingInterrupted(RuntimeError):
+    """SIGTERM or SIGINT stopped the run after a step; a checkpoint of that step was written."""
 
-    step: int = 0
-    epoch: int = 0
-    position: int = 0  # index into this epoch's permutation where the next global batch starts
-    tokens_seen: int = 0
-    elapsed_seconds: float = 0.0
-
-
-# ---------------------------------------------------------------------------------------------------
-# Throughput accounting
+    def __init__(self, received: signal.Signals, checkpoint: Path) -> None:
+        super().__init__(
+            f"stopped by {received.name} after writing {checkpoint}; to continue, run the same command "
+            "with --resume"
+        )
+        self.received = received
 
 
-def count_model_flops_per_token(model: torch.nn.Module, config: Any, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x (parameters outside the embedding tables) + attention.
+@contextlib.contextmanager
+def _writing(what: str, path: Path, intact: str = "") -> Iterator[None]:
+    """A failed write (disk full, file too large, read-only folder) as a one-line error saying what
+    was not written and what is still intact."""
+    try:
+        yield
+    except (OSError, SafetensorError) as error:
+        raise ReforBertInputError(f"could not write {what} ({error}){intact}", path) from None
 
-    Embedding lookups cost no multiplications, so their tables are left out. Attention adds, per
-    layer, 2 matmuls (scores and weighted sum) of 2 x hidden FLOPs per attended key, times 3 for
-    forward + backward: 12 x hidden x keys. Full attention attends to ``seq_len`` keys; LSH attention
-    to its own chunk and the chunks on both sides (up to 3 x bucket size) in each of ``lsh_num_hashes``
-    rounds.
-    Recomputation by reversible layers is not counted: these are model FLOPs, not hardware FLOPs.
+
+class StopRequests:
+    """SIGTERM and SIGINT (what schedulers and Ctrl-C send) ask the loop to stop after the current step.
+
+    A second signal stops at once, for a user who does not want to wait for the step to end.
+    Handlers can only be installed from the main thread; elsewhere the signals keep their defaults.
     """
-    embedding_params = sum(
-        module.weight.numel() for module in model.modules() if isinstance(module, torch.nn.Embedding)
-    )
-    params = sum(p.numel() for p in model.parameters()) - embedding_params
-    return 6.0 * params + 12.0 * config.num_hidden_layers * config.hidden_size * attended_keys(
-        config, seq_len
-    )
 
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-def attended_keys(config: Any, seq_len: int) -> float:
-    backend = getattr(config, "attention_backend", "full")
-    if backend == "auto":
-        backend = "full" if seq_len <= config.full_attention_max_length else "lsh"
-    if backend == "lsh":
-        chunks = max(1, math.ceil(seq_len / config.lsh_bucket_size))
-        return float(min(chunks, 3) * config.lsh_bucket_size * config.lsh_num_hashes)
-    return float(seq_len)
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self._previous: dict[int, Any] = {}
 
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
+        return self
 
-# Dense peak TFLOP/s from the vendors' data sheets, by (name fragment, precision). bf16/fp16 use
-# tensor cores; fp32 is plain fp32 (TF32 is off by default in torch for matmuls).
-GPU_PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
-    ("H200", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),
-    ("H100", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),
-    ("A100", {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5}),
-    ("L40S", {"bf16": 362.0, "fp16": 362.0, "fp32": 91.6}),
-    ("A10", {"bf16": 125.0, "fp16": 125.0, "fp32": 31.2}),
-    ("L4", {"bf16": 121.0, "fp16": 121.0, "fp32": 30.3}),
-    ("V100", {"bf16": 0.0, "fp16": 125.0, "fp32": 15.7}),
-    ("T4", {"bf16": 0.0, "fp16": 65.0, "fp32": 8.1}),
-)
+    def _handle(self, number: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(number)
+        print(
+            f"reforbert pretrain: {self.received.name} received; finishing this step and writing a "
+            "checkpoint (send it again to stop at once)",
+            file=sys.stderr,
+        )
 
-
-def default_peak_tflops(device: torch.device, precision: str) -> tuple[float | None, str]:
-    """A per-device peak for MFU and a sentence saying where it came from (None when unknown).
-
-    GPUs: the data-sheet table above. CPUs: cores available to this process x clock x FLOPs per
-    cycle per core for the widest unit the CPU reports (AMX tiles for bf16; AVX-512 or AVX2 FMA
-    for fp32), an upper bound that real kernels approach only for large matmuls.
-    """
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for fragment, peaks in GPU_PEAK_TFLOPS:
-            if fragment in name and peaks.get(precision):
-                return peaks[precision], f"data-sheet dense {precision} peak of {fragment} ({name})"
-        return None, f"no known peak for {name}; pass --peak-tflops"
-    flags, mhz = _cpu_flags_and_mhz()
-    if mhz is None:
-        return None, "CPU clock unknown; pass --peak-tflops"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if precision == "bf16" and "amx_bf16" in flags:
-        per_cycle, unit = 2048, "AMX bf16"
-    elif precision == "bf16" and "avx512_bf16" in flags:
-        per_cycle, unit = 128, "AVX-512 bf16"
-    elif "avx512f" in flags:
-        per_cycle, unit = 64, "AVX-512 fp32 FMA"
-    elif "avx2" in flags and "fma" in flags:
-        per_cycle, unit = 32, "AVX2 fp32 FMA"
-    else:
-        per_cycle, unit = 8, "SSE fp32"
-    peak = cores * mhz * 1e6 * per_cycle / 1e12
-    return peak, f"CPU estimate: {cores} cores x {mhz:.0f} MHz x {per_cycle} FLOPs/cycle ({unit})"
-
-
-def _cpu_flags_and_mhz() -> tuple[set[str], float | None]:
-    flags: set[str] = set()
-    mhz: float | None = None
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "flags" and not flags:
-                flags = set(value.split())
-            elif key.strip() == "cpu MHz" and mhz is None:
-                mhz = float(value)
-    with contextlib.suppress(OSError, ValueError):
-        mhz = float(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1000
-    return flags, mhz
+    def __exit__(self, *exc_info: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -247,111 +207,6 @@ def micro_batch_seed(seed: int, step: int, micro_batch: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints, oldest first. Temporary folders (``.step-N.*.tmp``) never match."""
-    folder = run_dir / "checkpoints"
-    found = []
-    if folder.is_dir():
-        for entry in folder.iterdir():
-            match = CHECKPOINT_PATTERN.match(entry.name)
-            if match and entry.is_dir() and all((entry / name).is_file() for name in CHECKPOINT_FILES):
-                found.append((int(match.group(1)), entry))
-    return sorted(found)
-
-
-def optimizer_state_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
-    """Split an optimizer state dict into flat tensors (for safetensors) and JSON-able param groups."""
-    state_dict = optimizer.state_dict()
-    tensors = {}
-    for param_id, values in state_dict["state"].items():
-        for name, value in values.items():
-            tensor = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"state.{param_id}.{name}"] = tensor.detach().cpu().contiguous()
-    return tensors, state_dict["param_groups"]
-
-
-def optimizer_state_from_tensors(tensors: dict[str, torch.Tensor], param_groups: list) -> dict:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        _, param_id, name = key.split(".", 2)
-        state.setdefault(int(param_id), {})[name] = tensor
-    return {"state": state, "param_groups": param_groups}
-
-
-def save_checkpoint(
-    run_dir: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: Any,
-    state: TrainingState,
-    settings: dict[str, Any],
-    save_total_limit: int,
-) -> Path:
-    """Write ``checkpoints/step-N`` atomically, then delete the oldest beyond ``save_total_limit``."""
-    final = run_dir / "checkpoints" / f"step-{state.step}"
-    with atomic_directory(final) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))
-        model.config.to_json_file(str(tmp / "config.json"))
-        tensors, param_groups = optimizer_state_to_tensors(optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-        save_file(rng, str(tmp / "rng.safetensors"))
-        trainer_state = {
-            **dataclasses.asdict(state),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "optimizer_param_groups": param_groups,
-            "settings": settings,
-        }
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1, default=float))
-    if save_total_limit > 0:
-        for _, old in list_checkpoints(run_dir)[:-save_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(
-    checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any
-) -> TrainingState:
-    """Restore everything :func:`save_checkpoint` wrote; a damaged or foreign checkpoint is an input error."""
-    try:
-        return _restore(checkpoint, model, optimizer, scheduler, scaler)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError) as error:
-        raise ReforBertInputError(
-            f"cannot resume from this checkpoint ({type(error).__name__}: {error})", checkpoint
-        ) from None
-
-
-def _restore(
-    checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any
-) -> TrainingState:
-    load_model(model, str(checkpoint / "model.safetensors"))
-    trainer_state = json.loads((checkpoint / "trainer_state.json").read_text())
-    optimizer.load_state_dict(
-        optimizer_state_from_tensors(
-            load_file(str(checkpoint / "optimizer.safetensors")), trainer_state["optimizer_param_groups"]
-        )
-    )
-    scheduler.load_state_dict(trainer_state["scheduler"])
-    if scaler is not None and trainer_state.get("scaler"):
-        scaler.load_state_dict(trainer_state["scaler"])
-    rng = load_file(str(checkpoint / "rng.safetensors"))
-    torch.set_rng_state(rng["cpu"])
-    if torch.cuda.is_available():
-        cuda_states = [rng[f"cuda.{i}"] for i in range(torch.cuda.device_count()) if f"cuda.{i}" in rng]
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-    fields = {f.name for f in dataclasses.fields(TrainingState)}
-    return TrainingState(**{k: v for k, v in trainer_state.items() if k in fields})
-
-
-# ---------------------------------------------------------------------------------------------------
 # Metrics
 
 
@@ -365,13 +220,14 @@ class MetricsLog:
         self.writer = None
         if not enabled:
             return
-        if resume_step is not None:
-            self._truncate_after(resume_step)
-        self.handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step drops events logged after the checkpoint by the interrupted run.
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=(resume_step or 0) + 1)
+        with _writing("the metrics log", self.path):
+            if resume_step is not None:
+                self._truncate_after(resume_step)
+            self.handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            # purge_step drops events logged after the checkpoint by the interrupted run.
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=(resume_step or 0) + 1)
 
     def _truncate_after(self, step: int) -> None:
         """Keep the lines up to the resumed step: a killed run may have logged later ones (or half a line)."""
@@ -391,15 +247,18 @@ class MetricsLog:
     def log(self, record: dict[str, Any], prefix: str = "train") -> None:
         if not self.enabled:
             return
-        self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
+        with _writing("the metrics log", self.path):
+            self.handle.write(json.dumps(record) + "\n")
+            self.handle.flush()
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)) and value is not None:
                 self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])
 
     def close(self) -> None:
         if self.handle is not None:
-            self.handle.close()
+            # Every line was flushed when logged; a failing disk must not hide the error that stopped the run.
+            with contextlib.suppress(OSError):
+                self.handle.close()
         if self.writer is not None:
             self.writer.close()
 
@@ -452,14 +311,228 @@ def masked_predictions(
     prediction_logits: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(predicted ids, true ids) at the masked positions, whether logits cover all or only masked tokens."""
-    masked = labels != -100
+    masked = labels != IGNORE_INDEX
     if prediction_logits.dim() == 3:
         prediction_logits = prediction_logits[masked]
     return prediction_logits.argmax(dim=-1), labels[masked]
 
 
+def group_by_length(indices: Sequence[int], lengths: Sequence[int]) -> list[int]:
+    """A global batch reordered by (length, index), so that the micro-batches cut from it hold examples of
+    similar length and pad little. The set of examples per optimizer step is unchanged."""
+    return [index for _, index in sorted(zip(lengths, indices, strict=True))]
+
+
 # ---------------------------------------------------------------------------------------------------
-# The run
+# Running sums
+
+
+def _all_reduce_sums(sums: Any, accelerator: Any) -> Any:
+    """A dataclass of numeric sums added up over every process in one call; the result holds floats."""
+    values = [getattr(sums, field.name) for field in dataclasses.fields(sums)]
+    stacked = torch.stack(
+        [torch.as_tensor(v, dtype=torch.float64, device=accelerator.device) for v in values]
+    )
+    return type(sums)(*(float(x) for x in accelerator.reduce(stacked, "sum").cpu()))
+
+
+@dataclasses.dataclass
+class StepSums:
+    """Sums over one process's micro-batches of a training step.
+
+    They stay on the device (0-dimensional float64 tensors) so that nothing waits for the accelerator
+    before the step ends; :meth:`all_reduce` adds them up over the processes in one call.
+    """
+
+    loss: Any
+    mlm_loss_x_masked: Any  # each micro-batch's mean MLM loss times its masked tokens
+    nsp_loss: Any
+    tokens: Any  # non-padding tokens
+    mlm_correct: Any
+    mlm_total: Any
+    nsp_correct: Any
+    nsp_total: Any
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> StepSums:
+        return cls(*(torch.zeros((), dtype=torch.float64, device=device) for _ in dataclasses.fields(cls)))
+
+    def all_reduce(self, accelerator: Any) -> StepSums:
+        return _all_reduce_sums(self, accelerator)
+
+
+@dataclasses.dataclass
+class EvalSums:
+    """Sums over one process's held-out examples."""
+
+    mlm_loss_x_masked: float = 0.0
+    masked: float = 0.0
+    mlm_correct: float = 0.0
+    nsp_correct: float = 0.0
+    nsp_total: float = 0.0
+    shown_as_mask: float = 0.0  # masked positions whose input is [MASK] (not a random or the same token)
+    correct_at_mask: float = 0.0
+
+    def all_reduce(self, accelerator: Any) -> EvalSums:
+        return _all_reduce_sums(self, accelerator)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Setup: data, model, optimizer and schedule, accelerator, checkpoints
+
+
+@dataclasses.dataclass
+class PretrainingData:
+    """The training and held-out examples: datasets and the indices of each split."""
+
+    dataset: Any
+    eval_dataset: Any
+    train_indices: list[int]
+    eval_indices: list[int]
+
+
+def _open_data(path: str | Path, vocab_dir: Path) -> Any:
+    from reforbert.data import shards
+
+    path = Path(path)
+    if not path.exists():
+        raise ReforBertInputError("pretraining data not found", path)
+    dataset = shards.open_pretraining_data(path, vocab_dir=vocab_dir)
+    shards.check_vocab(getattr(dataset, "metadata", {}), vocab_dir)
+    return dataset
+
+
+def load_data(args: PretrainingArguments) -> PretrainingData:
+    """--data, and --eval-data or a seeded held-out fraction of --data."""
+    vocab = Path(args.vocab)
+    dataset = _open_data(args.data, vocab)
+    if args.eval_data is not None:
+        eval_dataset = _open_data(args.eval_data, vocab)
+        eval_indices = list(range(len(eval_dataset)))[: args.eval_max_examples]
+        return PretrainingData(dataset, eval_dataset, list(range(len(dataset))), eval_indices)
+    train, held = held_out_split(len(dataset), args.eval_fraction, args.eval_max_examples, args.seed)
+    return PretrainingData(dataset, dataset, train, held)
+
+
+def build_batch_makers(
+    args: PretrainingArguments, config: ReforBertConfig, data: PretrainingData
+) -> tuple[BatchMaker, BatchMaker]:
+    """Training and held-out batches; held-out masks use another seed and never change between evaluations."""
+    from reforbert.data.collator import PretrainingCollator
+
+    def collator(seed: int) -> PretrainingCollator:
+        return PretrainingCollator(
+            config.vocab_size,
+            mlm_probability=args.mlm_probability,
+            seed=seed,
+            pad_to_multiple_of=8,
+            whole_word_mask=args.whole_word_mask,
+            vocab_dir=args.vocab,
+        )
+
+    train = BatchMaker(data.dataset, collator(args.seed), str(args.data), args.max_seq_len)
+    held_out = BatchMaker(
+        data.eval_dataset, collator(args.seed + 1), str(args.eval_data or args.data), args.max_seq_len
+    )
+    return train, held_out
+
+
+def vocabulary_size(vocab_dir: str | Path) -> int:
+    """Pieces in the vocabulary folder's SentencePiece model, the 7 specials included."""
+    import sentencepiece
+
+    model_file = Path(vocab_dir) / SENTENCEPIECE_MODEL_FILE
+    if not model_file.is_file():
+        raise ReforBertInputError("vocabulary model is missing", model_file)
+    return sentencepiece.SentencePieceProcessor(model_file=str(model_file)).get_piece_size()
+
+
+def build_config(preset: str, config_overrides: dict[str, Any] | None) -> ReforBertConfig:
+    if preset not in PRESETS:
+        raise ReforBertInputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    try:
+        return ReforBertConfig.from_preset(preset, **(config_overrides or {}))
+    except (TypeError, ValueError) as error:
+        raise ReforBertInputError(f"invalid model settings: {error}") from error
+
+
+def saved_model_config(model_dir: Path, vocab_dir: Path, overrides: dict[str, Any]) -> ReforBertConfig:
+    """The config of a saved model folder (for --init-from), checked against --vocab, with ``overrides``."""
+    for name in ("config.json", "model.safetensors"):
+        if not (model_dir / name).is_file():
+            raise ReforBertInputError(
+                f"not a saved ReforBERT model folder: no {name} (only safetensors weights are read)",
+                model_dir,
+            )
+    try:
+        saved = ReforBertConfig.from_json_file(str(model_dir / "config.json"))
+        config = ReforBertConfig.from_dict({**saved.to_dict(), **overrides})
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as error:
+        raise ReforBertInputError(f"unusable model config ({error})", model_dir / "config.json") from None
+    pieces = vocabulary_size(vocab_dir)
+    # The saved embedding table's size, not an override's: the weights come from the saved model.
+    if saved.vocab_size != pieces or config.vocab_size != pieces:
+        raise ReforBertInputError(
+            f"the model has a vocabulary of {saved.vocab_size} pieces but --vocab {vocab_dir} has {pieces}; "
+            "pass the vocabulary the model was trained with",
+            model_dir,
+        )
+    saved_vocab = model_dir / SENTENCEPIECE_MODEL_FILE
+    if saved_vocab.is_file() and sha256_of(saved_vocab) != sha256_of(vocab_dir / SENTENCEPIECE_MODEL_FILE):
+        raise ReforBertInputError(
+            f"the model was trained with another vocabulary than --vocab {vocab_dir}; "
+            "pass the vocabulary the model was trained with",
+            model_dir,
+        )
+    return config
+
+
+def model_config(args: PretrainingArguments, resume_from: Path | None) -> ReforBertConfig:
+    """The checkpoint's config on --resume, the saved model's with --init-from, else the preset's."""
+    if resume_from is not None:
+        config = ReforBertConfig.from_pretrained(str(resume_from))
+    elif args.init_from is not None:
+        config = saved_model_config(Path(args.init_from), Path(args.vocab), args.model_config_overrides())
+    else:
+        # The embedding table must match the vocabulary the data was made with, whatever the preset says.
+        overrides = {"vocab_size": vocabulary_size(args.vocab), **args.model_config_overrides()}
+        config = build_config(args.preset, overrides)
+    if args.max_seq_len > config.max_position_embeddings:
+        raise ReforBertInputError(
+            f"--max-seq-len {args.max_seq_len} exceeds the model's {config.max_position_embeddings} positions"
+        )
+    return config
+
+
+def build_model(
+    args: PretrainingArguments, config: ReforBertConfig, model_factory: ModelFactory | None = None
+) -> torch.nn.Module:
+    """A freshly initialised model (seeded by --seed), or the saved model's weights with --init-from."""
+    from accelerate.utils import set_seed
+
+    from reforbert.modeling_reforbert import ReforBertForPreTraining
+
+    set_seed(args.seed)
+    model = (model_factory or ReforBertForPreTraining)(config)
+    if args.init_from is not None:
+        weights = Path(args.init_from) / "model.safetensors"
+        try:
+            load_model(model, str(weights))
+        except (OSError, ValueError, RuntimeError) as error:
+            raise ReforBertInputError(
+                f"cannot load these weights ({type(error).__name__}: {error})", weights
+            ) from None
+    return model
+
+
+def schedule_length(args: PretrainingArguments, data: PretrainingData, order: GlobalBatchOrder) -> int:
+    """The schedule's length: --max-steps, the steps --max-tokens should take, or one epoch."""
+    if args.max_steps is not None:
+        return args.max_steps
+    if args.max_tokens is not None:
+        sample = [len(data.dataset[i]["input_ids"]) for i in data.train_indices[:1000]]
+        return max(1, math.ceil(args.max_tokens / (args.global_batch_size * sum(sample) / len(sample))))
+    return order.steps_per_epoch
 
 
 def _learning_rate_schedule(name: str, optimizer: torch.optim.Optimizer, warmup: int, total: int) -> Any:
@@ -491,22 +564,69 @@ def _resolve_precision(precision: str, device_is_cuda: bool) -> str:
     return precision
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, is_main: bool) -> Path | None:
+def start_accelerator(args: PretrainingArguments) -> Any:
+    """The process group (one process, or those ``torchrun`` started) and this process's device."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    use_cuda = torch.cuda.is_available()
+    try:
+        return Accelerator(
+            cpu=not use_cuda,
+            # Always "no": the loop autocasts itself (see the module docstring).
+            mixed_precision="no",
+            # Without NSP the pooler and NSP head get no gradient, which DDP must be told about.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=not args.nsp)],
+        )
+    except ValueError as error:
+        # Accelerate's state is process-wide: a Trainer run earlier in this Python process (e.g.
+        # fine-tuning with bf16) fixed other settings, which no public API can undo.
+        raise ReforBertInputError(
+            "this Python process already set up Accelerate with other settings (a fine-tuning run?); "
+            "pretrain in a fresh process, e.g. with the `reforbert pretrain` command"
+        ) from error
+
+
+def _autocast(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the forward pass's autocast context for ``precision`` (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def expected_model_shape(run_dir: Path, vocab_dir: str | Path) -> dict[str, Any]:
+    """What a checkpoint of this run must have been written for: the vocabulary size of --vocab and the
+    shape of the model that RUN/run_settings.json records (when it is readable)."""
+    expected: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        model = json.loads((run_dir / "run_settings.json").read_text(encoding="utf-8"))["model"]
+        expected = {key: model[key] for key in SHAPE_FIELDS if key in model}
+    return {**expected, "vocab_size": vocabulary_size(vocab_dir)}
+
+
+def _checkpoint_to_resume(args: PretrainingArguments, is_main: bool) -> Path:
+    """The newest usable checkpoint; damaged newer ones are named and passed over, never silently."""
+    run_dir = Path(args.output)
+    checkpoint, skipped = newest_usable_checkpoint(run_dir, expected_model_shape(run_dir, args.vocab))
+    if is_main:
+        for reason in skipped:
+            print(f"reforbert pretrain: warning: cannot resume from {reason}", file=sys.stderr)
+        if skipped:
+            print(f"reforbert pretrain: resuming from {checkpoint.name} instead", file=sys.stderr)
+        # Left by a run killed while writing a checkpoint; the complete ones never match this name.
+        for stale in (run_dir / "checkpoints").glob(".step-*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+    return checkpoint
+
+
+def _prepare_run_dir(args: PretrainingArguments, is_main: bool) -> Path | None:
     """Refuse to touch a user's run by accident; return the checkpoint to resume from."""
-    if resume:
-        checkpoints = list_checkpoints(run_dir)
-        if not checkpoints:
-            raise ReforBertInputError(
-                "--resume was given but there is no complete checkpoint to resume from",
-                run_dir / "checkpoints",
-            )
-        if is_main:
-            # Left by a run killed while writing a checkpoint; the complete ones never match this name.
-            for stale in (run_dir / "checkpoints").glob(".step-*.tmp"):
-                shutil.rmtree(stale, ignore_errors=True)
-        return checkpoints[-1][1]
+    run_dir = Path(args.output)
+    if args.resume:
+        return _checkpoint_to_resume(args, is_main)
     if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
+        if not args.overwrite:
             raise ReforBertInputError(
                 "already exists; pass --resume to continue it or --overwrite to replace it", run_dir
             )
@@ -520,381 +640,337 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, is_main: bool
     return None
 
 
-def vocabulary_size(vocab_dir: str | Path) -> int:
-    """Pieces in the vocabulary folder's SentencePiece model, the 7 specials included."""
-    import sentencepiece
-
-    model_file = Path(vocab_dir) / VOCAB_MODEL_FILE
-    if not model_file.is_file():
-        raise ReforBertInputError("vocabulary model is missing", model_file)
-    return sentencepiece.SentencePieceProcessor(model_file=str(model_file)).get_piece_size()
+def check_resumable(checkpoint: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume with settings that would silently change the data order, masking or loss."""
+    changed = changed_invariants(read_trainer_state(checkpoint).get("settings") or {}, settings)
+    if changed:
+        raise ReforBertInputError(f"cannot resume with different settings ({', '.join(changed)})", checkpoint)
 
 
-def build_config(preset: str, config_overrides: dict[str, Any] | None) -> ReforBertConfig:
-    if preset not in PRESETS:
-        raise ReforBertInputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    try:
-        return ReforBertConfig.from_preset(preset, **(config_overrides or {}))
-    except (TypeError, ValueError) as error:
-        raise ReforBertInputError(f"invalid model settings: {error}") from error
-
-
-def _open_data(path: str | Path, vocab_dir: Path) -> Any:
-    from reforbert.data import shards
-
-    path = Path(path)
-    if not path.exists():
-        raise ReforBertInputError("pretraining data not found", path)
-    dataset = shards.open_pretraining_data(path, vocab_dir=vocab_dir)
-    shards.check_vocab(getattr(dataset, "metadata", {}), vocab_dir)
-    return dataset
-
-
-def pretrain(
-    data: str | Path,
-    vocab_dir: str | Path,
-    output_dir: str | Path,
-    *,
-    preset: str = "mini",
-    config_overrides: dict[str, Any] | None = None,
-    max_seq_len: int = 512,
-    micro_batch_size: int = 32,
-    global_batch_size: int = 128,
-    learning_rate: float = 1e-4,
-    warmup_steps: int | None = None,
-    schedule: str = "linear",
-    weight_decay: float = 0.01,
-    max_grad_norm: float = 1.0,
-    max_steps: int | None = None,
-    max_tokens: int | None = None,
-    time_budget_minutes: float | None = None,
-    save_steps: int = 100,
-    save_total_limit: int = 3,
-    eval_steps: int | None = None,
-    eval_data: str | Path | None = None,
-    eval_fraction: float = 0.01,
-    eval_max_examples: int = 2000,
-    mlm_probability: float = 0.15,
-    nsp: bool = True,
-    precision: str = "auto",
-    compile: bool = False,
-    peak_tflops: float | None = None,
-    seed: int = 0,
-    resume: bool = False,
-    overwrite: bool = False,
-    log_every: int = 1,
-    progress: bool = True,
-    model_factory: Callable[[ReforBertConfig], torch.nn.Module] | None = None,
-) -> dict[str, Any]:
-    """Pretrain ReforBertForPreTraining and return a summary (final step, losses, throughput).
-
-    Stops at ``max_steps``, after ``max_tokens`` non-padding tokens, or after ``time_budget_minutes`` of
-    this invocation, whichever comes first (without max_steps or max_tokens, also after one epoch).
-    The learning rate schedule spans ``max_steps`` or, without it, the steps ``max_tokens`` is expected
-    to take, or one epoch.
-    Raises :class:`NonFiniteLossError` on a NaN/inf loss and :class:`PretrainingOutOfMemory` when memory
-    runs out.
-    ``model_factory`` builds another model from the config (benchmarks train BERT with this same loop);
-    it must accept the same inputs and return ``loss``, ``prediction_logits`` and ``seq_relationship_logits``.
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import DistributedDataParallelKwargs, set_seed
-
-    from reforbert.data.collator import PretrainingCollator
-    from reforbert.modeling_reforbert import ReforBertForPreTraining
-
-    run_dir = Path(output_dir)
-    vocab_path = Path(vocab_dir)
-    if not vocab_path.is_dir():
-        raise ReforBertInputError("vocabulary folder not found", vocab_path)
-    for name, value in (
-        ("--micro-batch-size", micro_batch_size),
-        ("--global-batch-size", global_batch_size),
-        ("--save-steps", save_steps),
-        ("--max-seq-len", max_seq_len),
-    ):
-        if value < 1:
-            raise ReforBertInputError(f"{name} must be at least 1, got {value}")
-
-    use_cuda = torch.cuda.is_available()
-    precision = _resolve_precision(precision, use_cuda)
-    # Accelerate keeps its settings in a process-wide singleton; clear them (not the process group)
-    # so that one Python process can run several pretrainings with different precisions.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    accelerator = Accelerator(
-        cpu=not use_cuda,
-        mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision],
-        dynamo_backend="inductor" if compile else "no",
-        # Without NSP the pooler and NSP head get no gradient, which DDP must be told about.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=not nsp)],
-    )
-    world = accelerator.num_processes
-    is_main = accelerator.is_main_process
-    if global_batch_size % (micro_batch_size * world):
-        raise ReforBertInputError(
-            f"--global-batch-size {global_batch_size} must be a multiple of --micro-batch-size "
-            f"{micro_batch_size} x {world} processes"
-        )
-    accumulation = global_batch_size // (micro_batch_size * world)
-
-    resume_from = _prepare_run_dir(run_dir, resume, overwrite, is_main)
-    accelerator.wait_for_everyone()
-
-    dataset = _open_data(data, vocab_path)
-    if eval_data is not None:
-        eval_dataset = _open_data(eval_data, vocab_path)
-        train_indices, eval_indices = (
-            list(range(len(dataset))),
-            list(range(len(eval_dataset)))[:eval_max_examples],
-        )
-    else:
-        eval_dataset = dataset
-        train_indices, eval_indices = held_out_split(len(dataset), eval_fraction, eval_max_examples, seed)
-    order = GlobalBatchOrder(train_indices, global_batch_size, seed)
-
-    if resume_from is not None:
-        config = ReforBertConfig.from_pretrained(str(resume_from))
-    else:
-        # The embedding table must match the vocabulary the data was made with, whatever the preset says.
-        overrides = {"vocab_size": vocabulary_size(vocab_path), **(config_overrides or {})}
-        config = build_config(preset, overrides)
-    if max_seq_len > config.max_position_embeddings:
-        raise ReforBertInputError(
-            f"--max-seq-len {max_seq_len} exceeds the model's {config.max_position_embeddings} positions"
-        )
-
-    settings = {
-        "data": str(Path(data).resolve()),
-        "global_batch_size": global_batch_size,
-        "seed": seed,
-        "mlm_probability": mlm_probability,
-        "nsp": nsp,
-        "max_seq_len": max_seq_len,
-        "micro_batch_size": micro_batch_size,
-        "learning_rate": learning_rate,
-        "schedule": schedule,
-        "precision": precision,
-        "preset": preset,
-        "processes": world,
-    }
-    if resume_from is not None:
-        saved = json.loads((resume_from / "trainer_state.json").read_text())["settings"]
-        changed = [k for k in RESUME_INVARIANTS if saved.get(k) != settings[k]]
-        if changed:
-            details = ", ".join(f"{k}: {saved.get(k)!r} -> {settings[k]!r}" for k in changed)
-            raise ReforBertInputError(f"cannot resume with different settings ({details})", resume_from)
-
-    if max_steps is not None:
-        schedule_steps = max_steps
-    elif max_tokens is not None:
-        sample = [len(dataset[i]["input_ids"]) for i in train_indices[:1000]]
-        schedule_steps = max(1, math.ceil(max_tokens / (global_batch_size * sum(sample) / len(sample))))
-    else:
-        schedule_steps = order.steps_per_epoch
-    if warmup_steps is None:
-        warmup_steps = min(1000, schedule_steps // 10)
-
-    set_seed(seed)
-    model = (model_factory or ReforBertForPreTraining)(config)
-    optimizer = _adamw(model, learning_rate, weight_decay)
-    scheduler = _learning_rate_schedule(schedule, optimizer, warmup_steps, schedule_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # The plain module, for saving (a compiled wrapper would prefix every weight name).
-    bare_model = accelerator.unwrap_model(model, keep_torch_compile=False)
-    state = TrainingState()
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, bare_model, optimizer.optimizer, scheduler, accelerator.scaler)
-    flops_per_token = count_model_flops_per_token(bare_model, bare_model.config, max_seq_len)
-    if peak_tflops is not None:
-        peak, peak_source = peak_tflops, "given with --peak-tflops"
-    else:
-        peak, peak_source = default_peak_tflops(accelerator.device, precision)
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_file(run_dir / "run_settings.json", "w", encoding="utf-8") as handle:
-            json.dump(
-                {
-                    **settings,
-                    "schedule_steps": schedule_steps,
-                    "warmup_steps": warmup_steps,
-                    "mfu_flops_per_token": flops_per_token,
-                    "mfu_peak_tflops": peak,
-                    "mfu_peak_source": peak_source,
-                    "model": config.to_dict(),
-                },
-                handle,
-                indent=1,
-                default=str,
-            )
-
-    collator = PretrainingCollator(
-        config.vocab_size, mlm_probability=mlm_probability, seed=seed, pad_to_multiple_of=8
-    )
-    make_batch = BatchMaker(dataset, collator, str(data), max_seq_len)
-    eval_collator = PretrainingCollator(
-        config.vocab_size, mlm_probability=mlm_probability, seed=seed + 1, pad_to_multiple_of=8
-    )
-    make_eval_batch = BatchMaker(eval_dataset, eval_collator, str(eval_data or data), max_seq_len)
-
-    if is_main:
-        print(
-            f"reforbert pretrain: {sum(p.numel() for p in bare_model.parameters()):,} parameters, "
-            f"{world} process(es) x micro-batch {micro_batch_size} x {accumulation} accumulation = "
-            f"global batch {global_batch_size}; precision {precision}; "
-            f"MFU peak {peak if peak is None else f'{peak:.1f}'} TFLOP/s ({peak_source})",
-            file=sys.stderr,
-        )
-
-    metrics = MetricsLog(run_dir, state.step if resume_from is not None else None, is_main)
-    eval_every = eval_steps or save_steps
-    start_time = time.perf_counter()
-    started_tokens = state.tokens_seen
-    progress_bar = None
-    if is_main and progress:
-        from tqdm.auto import tqdm
-
-        progress_bar = tqdm(
-            total=max_steps or schedule_steps,
-            initial=state.step,
-            desc="pretrain",
-            unit="step",
-            dynamic_ncols=True,
-        )
-
-    def reached_the_end() -> bool:
-        if max_steps is not None or max_tokens is not None:
-            return (max_steps is not None and state.step >= max_steps) or (
-                max_tokens is not None and state.tokens_seen >= max_tokens
-            )
-        return state.step >= schedule_steps
-
-    invocation_start = time.perf_counter()
-    last_record: dict[str, Any] = {}
-    try:
-        while not reached_the_end():
-            step_start = time.perf_counter()
-            record = _train_step(
-                model,
-                optimizer,
-                scheduler,
-                accelerator,
-                order,
-                make_batch,
-                state,
-                nsp,
-                micro_batch_size,
-                accumulation,
-                max_grad_norm,
-                seed,
-            )
-            step_seconds = time.perf_counter() - step_start
-            out_of_time = (
-                time_budget_minutes is not None
-                and time.perf_counter() - invocation_start >= time_budget_minutes * 60
-            )
-            # Every process must agree to stop at the same step.
-            out_of_time = bool(
-                accelerator.reduce(torch.tensor(float(out_of_time), device=accelerator.device), "sum").item()
-            )
-            run_seconds = time.perf_counter() - start_time
-            tokens_per_s = (state.tokens_seen - started_tokens) / max(run_seconds, 1e-9)
-            record.update(
-                {
-                    "tokens_per_s": tokens_per_s,
-                    "step_tokens_per_s": record.pop("step_tokens") / max(step_seconds, 1e-9),
-                    "step_seconds": step_seconds,
-                    # tokens_seen counts every process; the peak is one device's.
-                    "mfu": tokens_per_s * flops_per_token / (peak * 1e12 * world) if peak else None,
-                    "elapsed": state.elapsed_seconds + run_seconds,
-                }
-            )
-            last_record = record
-            if state.step % log_every == 0:
-                metrics.log(record)
-            if progress_bar is not None:
-                progress_bar.update(1)
-                progress_bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}")
-            finished = out_of_time or reached_the_end()
-            if eval_indices and (state.step % eval_every == 0 or finished):
-                evaluation = evaluate(
-                    model, accelerator, make_eval_batch, eval_indices, micro_batch_size, nsp
-                )
-                metrics.log({"step": state.step, **evaluation}, prefix="eval")
-            if state.step % save_steps == 0 or finished:
-                state.elapsed_seconds += time.perf_counter() - start_time
-                start_time = time.perf_counter()
-                started_tokens = state.tokens_seen
-                if is_main:
-                    save_checkpoint(
-                        run_dir,
-                        bare_model,
-                        optimizer.optimizer,
-                        scheduler,
-                        accelerator.scaler,
-                        state,
-                        settings,
-                        save_total_limit,
-                    )
-                accelerator.wait_for_everyone()
-            if finished:
-                break
-    except NonFiniteLossError:
-        last = list_checkpoints(run_dir)
-        kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint had been written yet"
-        raise NonFiniteLossError(
-            f"the loss became NaN or infinite at step {state.step + 1}; training stopped and {kept}. "
-            "Lower --learning-rate, raise --warmup-steps, or use --precision bf16/fp32 instead of fp16."
-        ) from None
-    except (torch.OutOfMemoryError, MemoryError) as error:
-        raise PretrainingOutOfMemory(
-            f"out of memory at step {state.step + 1}: {error}\n{MEMORY_LEVERS}"
-        ) from None
-    except RuntimeError as error:
-        if "out of memory" not in str(error).lower():
-            raise
-        raise PretrainingOutOfMemory(
-            f"out of memory at step {state.step + 1}: {error}\n{MEMORY_LEVERS}"
-        ) from None
-    finally:
-        if progress_bar is not None:
-            progress_bar.close()
-        metrics.close()
-
-    if is_main:
-        save_final_model(bare_model, vocab_path, run_dir / "model")
-    accelerator.wait_for_everyone()
+def run_settings(args: PretrainingArguments, precision: str, processes: int) -> dict[str, Any]:
+    """The arguments as this run uses them: the data path made absolute, the precision resolved."""
     return {
-        "step": state.step,
-        "tokens_seen": state.tokens_seen,
-        "run_dir": str(run_dir),
-        "peak_tflops": peak,
-        "peak_source": peak_source,
-        **{k: v for k, v in last_record.items()},
+        **dataclasses.asdict(args),
+        "data": str(Path(args.data).resolve()),
+        "precision": precision,
+        "processes": processes,
     }
 
 
-def group_by_length(indices: Sequence[int], lengths: Sequence[int]) -> list[int]:
-    """A global batch reordered by (length, index), so that the micro-batches cut from it hold examples of
-    similar length and pad little. The set of examples per optimizer step is unchanged."""
-    return [index for _, index in sorted(zip(lengths, indices, strict=True))]
+# ---------------------------------------------------------------------------------------------------
+# The trainer: everything the loop works with, built once
 
 
-def _train_step(
-    model: torch.nn.Module,
-    optimizer: Any,
-    scheduler: Any,
+@dataclasses.dataclass
+class Trainer:
+    """What :func:`set_up` builds and every step, evaluation and checkpoint uses."""
+
+    args: PretrainingArguments
+    config: ReforBertConfig  # the config the model was built from (its shape, for FLOP counting)
+    accelerator: Any
+    model: torch.nn.Module  # as prepared by Accelerate (distributed, compiled): the one to call
+    optimizer: Any  # as prepared by Accelerate: the one to step
+    objects: TrainingObjects  # the plain model, optimizer, scheduler and loss scaler: the ones to save
+    scaler: torch.amp.GradScaler  # a pass-through unless the precision is fp16
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    order: GlobalBatchOrder
+    make_batch: BatchMaker
+    make_eval_batch: BatchMaker
+    eval_indices: list[int]
+    accumulation: int  # micro-batches per process per optimizer step
+    settings: dict[str, Any]
+    schedule_steps: int
+    state: TrainingState
+    resumed: bool
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.args.output)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def reached_the_end(self) -> bool:
+        args, state = self.args, self.state
+        if args.max_steps is not None or args.max_tokens is not None:
+            return (args.max_steps is not None and state.step >= args.max_steps) or (
+                args.max_tokens is not None and state.tokens_seen >= args.max_tokens
+            )
+        return state.step >= self.schedule_steps
+
+    def any_process(self, *flags: bool) -> list[bool]:
+        """Each flag True on every process when it is True on any, so that all stop at the same step."""
+        local = torch.tensor([float(flag) for flag in flags], device=self.accelerator.device)
+        return [bool(total) for total in self.accelerator.reduce(local, "sum").tolist()]
+
+    def save(self) -> Path:
+        folder = self.run_dir / "checkpoints" / f"step-{self.state.step}"
+        if self.is_main:
+            previous = list_checkpoints(self.run_dir)
+            intact = f"; {previous[-1][1]} is intact" if previous else ""
+            with _writing(
+                "the checkpoint", folder, intact + "; free space or fix permissions, then --resume"
+            ):
+                save_checkpoint(
+                    self.run_dir, self.state, self.objects, self.settings, self.args.save_total_limit
+                )
+        self.accelerator.wait_for_everyone()
+        return folder
+
+
+def _accumulation_steps(args: PretrainingArguments, processes: int) -> int:
+    if args.global_batch_size % (args.micro_batch_size * processes):
+        raise ReforBertInputError(
+            f"--global-batch-size {args.global_batch_size} must be a multiple of --micro-batch-size "
+            f"{args.micro_batch_size} x {processes} processes"
+        )
+    return args.global_batch_size // (args.micro_batch_size * processes)
+
+
+def build_optimizer_and_schedule(
+    args: PretrainingArguments, model: torch.nn.Module, schedule_steps: int
+) -> tuple[torch.optim.AdamW, Any, int]:
+    """AdamW and its learning-rate schedule; also the warm-up steps (by default 10% of the schedule)."""
+    warmup = args.warmup_steps if args.warmup_steps is not None else min(1000, schedule_steps // 10)
+    optimizer = _adamw(model, args.learning_rate, args.weight_decay)
+    return optimizer, _learning_rate_schedule(args.schedule, optimizer, warmup, schedule_steps), warmup
+
+
+def prepare_for_training(
+    args: PretrainingArguments,
     accelerator: Any,
-    order: GlobalBatchOrder,
-    make_batch: BatchMaker,
-    state: TrainingState,
-    nsp: bool,
-    micro_batch_size: int,
-    accumulation: int,
-    max_grad_norm: float,
-    seed: int,
-) -> dict[str, Any]:
+    precision: str,
+    model: torch.nn.Module,
+    objects: TrainingObjects,
+) -> tuple[torch.nn.Module, Any, TrainingObjects]:
+    """The model and optimizer as Accelerate prepares them (device, DDP, compilation); ``objects`` as
+    checkpoints save them: the plain module (a compiled wrapper would prefix every weight name), the
+    plain optimizer, and the fp16 loss scaler."""
+    model, optimizer = accelerator.prepare(model, objects.optimizer)
+    if args.compile:
+        model = torch.compile(model)
+    scaler = torch.amp.GradScaler(accelerator.device.type) if precision == "fp16" else None
+    plain = accelerator.unwrap_model(model, keep_torch_compile=False)
+    return model, optimizer, TrainingObjects(plain, optimizer.optimizer, objects.scheduler, scaler)
+
+
+def _loss_scaler(objects: TrainingObjects) -> torch.amp.GradScaler:
+    """The checkpointed fp16 scaler, or a pass-through one (its methods do nothing but step) otherwise."""
+    return objects.scaler if objects.scaler is not None else torch.amp.GradScaler(enabled=False)
+
+
+def set_up(args: PretrainingArguments, model_factory: ModelFactory | None = None) -> Trainer:
+    """Check the arguments, open the run folder and the data, build the model, optimizer and schedule,
+    and restore the latest checkpoint on --resume."""
+    args.validate()
+    if not Path(args.vocab).is_dir():
+        raise ReforBertInputError("vocabulary folder not found", args.vocab)
+    precision = _resolve_precision(args.precision, torch.cuda.is_available())
+    accelerator = start_accelerator(args)
+    accumulation = _accumulation_steps(args, accelerator.num_processes)
+    resume_from = _prepare_run_dir(args, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+
+    data = load_data(args)
+    order = GlobalBatchOrder(data.train_indices, args.global_batch_size, args.seed)
+    config = model_config(args, resume_from)
+    settings = run_settings(args, precision, accelerator.num_processes)
+    if resume_from is not None:
+        check_resumable(resume_from, settings)
+    schedule_steps = schedule_length(args, data, order)
+
+    model = build_model(args, config, model_factory)
+    optimizer, scheduler, settings["warmup_steps"] = build_optimizer_and_schedule(args, model, schedule_steps)
+    model, prepared_optimizer, objects = prepare_for_training(
+        args, accelerator, precision, model, TrainingObjects(model, optimizer, scheduler)
+    )
+    state = load_checkpoint(resume_from, objects) if resume_from is not None else TrainingState()
+    make_batch, make_eval_batch = build_batch_makers(args, config, data)
+    return Trainer(
+        args=args,
+        config=config,
+        accelerator=accelerator,
+        model=model,
+        optimizer=prepared_optimizer,
+        objects=objects,
+        scaler=_loss_scaler(objects),
+        autocast=_autocast(accelerator.device, precision),
+        order=order,
+        make_batch=make_batch,
+        make_eval_batch=make_eval_batch,
+        eval_indices=data.eval_indices,
+        accumulation=accumulation,
+        settings=settings,
+        schedule_steps=schedule_steps,
+        state=state,
+        resumed=resume_from is not None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Throughput and the run's record
+
+
+@dataclasses.dataclass
+class Throughput:
+    """Tokens/s and MFU since the last checkpoint, and the run's wall-clock time across invocations."""
+
+    state: TrainingState
+    flops_per_token: float
+    peak_tflops: float | None
+    peak_source: str
+    processes: int
+    since: float = dataclasses.field(default_factory=time.perf_counter)
+    tokens_at_start: int = -1
+
+    def __post_init__(self) -> None:
+        if self.tokens_at_start < 0:
+            self.tokens_at_start = self.state.tokens_seen
+
+    def step_record(self, step_tokens: float, step_seconds: float) -> dict[str, Any]:
+        run_seconds = time.perf_counter() - self.since
+        tokens_per_s = (self.state.tokens_seen - self.tokens_at_start) / max(run_seconds, 1e-9)
+        return {
+            "tokens_per_s": tokens_per_s,
+            "step_tokens_per_s": step_tokens / max(step_seconds, 1e-9),
+            "step_seconds": step_seconds,
+            # tokens_seen counts every process; the peak is one device's.
+            "mfu": model_flops_utilization(
+                tokens_per_s, self.flops_per_token, self.peak_tflops, self.processes
+            ),
+            "elapsed": self.state.elapsed_seconds + run_seconds,
+        }
+
+    def checkpoint(self) -> None:
+        """Fold the time since the last checkpoint into the state that the checkpoint saves."""
+        self.state.elapsed_seconds += time.perf_counter() - self.since
+        self.since = time.perf_counter()
+        self.tokens_at_start = self.state.tokens_seen
+
+
+def measure_throughput(trainer: Trainer) -> Throughput:
+    flops_per_token = count_model_flops_per_token(
+        trainer.objects.model, trainer.config, trainer.args.max_seq_len
+    )
+    if trainer.args.peak_tflops is not None:
+        peak, source = trainer.args.peak_tflops, "given with --peak-tflops"
+    else:
+        peak, source = default_peak_tflops(trainer.accelerator.device, trainer.settings["precision"])
+    return Throughput(trainer.state, flops_per_token, peak, source, trainer.accelerator.num_processes)
+
+
+def write_run_settings(trainer: Trainer, throughput: Throughput) -> None:
+    """RUN/run_settings.json: the arguments as used, the schedule, the MFU basis and the model config."""
+    if not trainer.is_main:
+        return
+    trainer.run_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        **trainer.settings,
+        "schedule_steps": trainer.schedule_steps,
+        "mfu_flops_per_token": throughput.flops_per_token,
+        "mfu_peak_tflops": throughput.peak_tflops,
+        "mfu_peak_source": throughput.peak_source,
+        "model": trainer.objects.model.config.to_dict(),
+    }
+    path = trainer.run_dir / "run_settings.json"
+    with _writing("the run settings", path), atomic_file(path, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=1, default=str)
+    args, world = trainer.args, trainer.accelerator.num_processes
+    peak = throughput.peak_tflops
+    print(
+        f"reforbert pretrain: {sum(p.numel() for p in trainer.objects.model.parameters()):,} parameters, "
+        f"{world} process(es) x micro-batch {args.micro_batch_size} x {trainer.accumulation} accumulation = "
+        f"global batch {args.global_batch_size}; precision {trainer.settings['precision']}; "
+        f"MFU peak {peak if peak is None else f'{peak:.1f}'} TFLOP/s ({throughput.peak_source})",
+        file=sys.stderr,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# One training step
+
+
+@dataclasses.dataclass
+class MicroBatch:
+    number: int  # global micro-batch number within the step: seeds its dropout and LSH hashing
+    inputs: dict[str, torch.Tensor]  # on the device
+    masked: int  # masked tokens
+    tokens: int  # non-padding tokens
+    syncs: bool  # the last of this process's micro-batches: DDP all-reduces gradients after it
+
+
+def _micro_batches(trainer: Trainer, indices: list[int], epoch: int) -> list[MicroBatch]:
+    """This process's micro-batches of one global batch, sorted by length and masked."""
+    accelerator, size = trainer.accelerator, trainer.args.micro_batch_size
+    rank, world = accelerator.process_index, accelerator.num_processes
+    # Each example is read once: its length orders the global batch, then it is collated.
+    features = dict(zip(indices, trainer.make_batch.read(indices), strict=True))
+    indices = group_by_length(indices, [len(features[index]["input_ids"]) for index in indices])
+    micro_batches = []
+    # Global micro-batch m goes to process m % world, so every process gets a spread of lengths.
+    for local in range(trainer.accumulation):
+        number = local * world + rank
+        chunk = [features[index] for index in indices[number * size : (number + 1) * size]]
+        batch = trainer.make_batch.collate(chunk, epoch)
+        micro_batches.append(
+            MicroBatch(
+                number,
+                model_inputs(batch, accelerator.device, trainer.args.nsp),
+                int((batch["labels"] != IGNORE_INDEX).sum()),
+                int(batch["attention_mask"].sum()),
+                syncs=local == trainer.accumulation - 1,
+            )
+        )
+    return micro_batches
+
+
+def _forward_backward(
+    trainer: Trainer, step: int, micro: MicroBatch, global_masked: float, sums: StepSums
+) -> None:
+    """Forward and backward over one micro-batch, adding its numbers to ``sums``."""
+    accelerator, world = trainer.accelerator, trainer.accelerator.num_processes
+    torch.manual_seed(micro_batch_seed(trainer.args.seed, step, micro.number))
+    with contextlib.nullcontext() if micro.syncs else accelerator.no_sync(trainer.model):
+        with trainer.autocast():
+            outputs = trainer.model(**micro.inputs, return_dict=True)
+        # Gradients are averaged over processes, hence the factor ``world``.
+        mlm_weight = micro.masked * world / max(global_masked, 1.0)
+        nsp_loss = outputs.nsp_loss
+        loss = outputs.mlm_loss * mlm_weight + (
+            nsp_loss / trainer.accumulation if nsp_loss is not None else 0.0
+        )
+        accelerator.backward(trainer.scaler.scale(loss))
+    with torch.no_grad():
+        predicted, true = masked_predictions(outputs.prediction_logits, micro.inputs["labels"])
+        sums.loss += loss.detach().double()
+        sums.mlm_loss_x_masked += outputs.mlm_loss.detach().double() * micro.masked
+        if nsp_loss is not None:
+            sums.nsp_loss += nsp_loss.detach().double()
+            nsp_predicted = outputs.seq_relationship_logits.argmax(dim=-1)
+            sums.nsp_correct += (nsp_predicted == micro.inputs["next_sentence_label"].view(-1)).sum()
+            sums.nsp_total += nsp_predicted.numel()
+        sums.tokens += micro.tokens
+        sums.mlm_correct += (predicted == true).sum()
+        sums.mlm_total += true.numel()
+
+
+def _optimizer_step(trainer: Trainer) -> tuple[float | None, float]:
+    """Clip, step the optimizer and the schedule; (gradient norm before clipping, learning rate used)."""
+    grad_norm = None
+    if trainer.args.max_grad_norm > 0:
+        trainer.scaler.unscale_(trainer.optimizer)  # clip the true gradients, not the fp16-scaled ones
+        norm = trainer.accelerator.clip_grad_norm_(trainer.model.parameters(), trainer.args.max_grad_norm)
+        grad_norm = float(norm) if norm is not None else None
+    learning_rate = trainer.objects.scheduler.get_last_lr()[0]
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    trainer.objects.scheduler.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return grad_norm, learning_rate
+
+
+def _train_step(trainer: Trainer, state: TrainingState) -> dict[str, Any]:
     """One optimizer step over one global batch; returns the step's averaged metrics.
 
     The MLM loss is the mean over every masked token of the global batch, whatever the micro-batch
@@ -902,140 +978,76 @@ def _train_step(
     length-sorted examples differ a lot in masked tokens, so a plain mean of means would favour the
     tokens of short examples.
     """
-    indices, epoch = order.next_batch(state)
-    step = state.step + 1
-    rank, world = accelerator.process_index, accelerator.num_processes
-    model.train()
+    indices, epoch = trainer.order.next_batch(state)
+    step, accelerator, nsp = state.step + 1, trainer.accelerator, trainer.args.nsp
+    trainer.model.train()
     # Reading, masking and collating happen before the model runs; their time is the loop's own cost.
     data_start = time.perf_counter()
-    # Each example is read once: its length orders the global batch, then it is collated.
-    features = dict(zip(indices, make_batch.read(indices), strict=True))
-    indices = group_by_length(indices, [len(features[index]["input_ids"]) for index in indices])
-    # Global micro-batch m goes to process m % world, so every process gets a spread of lengths.
-    micro_numbers = [local * world + rank for local in range(accumulation)]
-    batches = [
-        make_batch.collate(
-            [features[index] for index in indices[micro * micro_batch_size : (micro + 1) * micro_batch_size]],
-            epoch,
-        )
-        for micro in micro_numbers
-    ]
-    masked_counts = [int((batch["labels"] != -100).sum()) for batch in batches]
-    global_masked = accelerator.reduce(
-        torch.tensor(float(sum(masked_counts)), device=accelerator.device), "sum"
-    ).item()
+    micro_batches = _micro_batches(trainer, indices, epoch)
+    local_masked = torch.tensor(float(sum(m.masked for m in micro_batches)), device=accelerator.device)
+    global_masked = accelerator.reduce(local_masked, "sum").item()
     data_seconds = time.perf_counter() - data_start
-    # Sums over this process's micro-batches, kept on the device so that nothing waits for the
-    # accelerator before the step ends: loss, mlm loss x masked tokens, nsp, tokens, mlm correct/total,
-    # nsp correct/total.
-    totals = torch.zeros(8, dtype=torch.float64, device=accelerator.device)
-    for local, (micro, batch, masked) in enumerate(zip(micro_numbers, batches, masked_counts, strict=True)):
-        inputs = model_inputs(batch, accelerator.device, nsp)
-        torch.manual_seed(micro_batch_seed(seed, step, micro))
-        sync = local == accumulation - 1
-        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-            outputs = model(**inputs, return_dict=True)
-            mlm_loss = getattr(outputs, "mlm_loss", None)
-            nsp_loss = getattr(outputs, "nsp_loss", None)
-            if mlm_loss is not None:
-                # Gradients are averaged over processes, hence the factor ``world``.
-                mlm_weight = masked * world / max(global_masked, 1.0)
-                loss = mlm_loss * mlm_weight + (nsp_loss / accumulation if nsp_loss is not None else 0.0)
-            else:  # a model that reports one combined loss (the benchmark's BERT): mean of micro-batches
-                loss = outputs.loss / accumulation
-            accelerator.backward(loss)
-        with torch.no_grad():
-            predicted, true = masked_predictions(outputs.prediction_logits, inputs["labels"])
-            totals[0] += loss.detach().double()
-            if mlm_loss is not None:
-                totals[1] += mlm_loss.detach().double() * masked
-            if nsp_loss is not None:
-                totals[2] += nsp_loss.detach().double()
-            totals[3] += int(batch["attention_mask"].sum())
-            totals[4] += (predicted == true).sum()
-            totals[5] += true.numel()
-            if nsp and getattr(outputs, "seq_relationship_logits", None) is not None:
-                nsp_predicted = outputs.seq_relationship_logits.argmax(dim=-1)
-                totals[6] += (nsp_predicted == inputs["next_sentence_label"].view(-1)).sum()
-                totals[7] += nsp_predicted.numel()
-    totals = accelerator.reduce(totals, "sum").cpu()
-    micro_batches = accumulation * world
-    loss = float(totals[0] / world)
+    sums = StepSums.zeros(accelerator.device)
+    for micro in micro_batches:
+        _forward_backward(trainer, step, micro, global_masked, sums)
+    totals = sums.all_reduce(accelerator)
+    loss = totals.loss / accelerator.num_processes
     if not math.isfinite(loss):
-        optimizer.zero_grad(set_to_none=True)
+        trainer.optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLossError(f"loss {loss} at step {step}")
-    if max_grad_norm > 0:
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-        grad_norm = float(grad_norm) if grad_norm is not None else None
-    else:
-        grad_norm = None
-    learning_rate = scheduler.get_last_lr()[0]
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm, learning_rate = _optimizer_step(trainer)
     state.step = step
-    state.tokens_seen += int(totals[3])
+    state.tokens_seen += int(totals.tokens)
     return {
         "step": step,
         "loss": loss,
-        "mlm_loss": float(totals[1] / max(global_masked, 1.0)) if mlm_loss is not None else None,
-        "nsp_loss": float(totals[2] / micro_batches) if nsp else None,
-        "mlm_accuracy": float(totals[4] / max(float(totals[5]), 1.0)),
-        "nsp_accuracy": float(totals[6] / totals[7]) if nsp and totals[7] > 0 else None,
+        "mlm_loss": totals.mlm_loss_x_masked / max(global_masked, 1.0),
+        "nsp_loss": totals.nsp_loss / (trainer.accumulation * accelerator.num_processes) if nsp else None,
+        "mlm_accuracy": totals.mlm_correct / max(totals.mlm_total, 1.0),
+        "nsp_accuracy": totals.nsp_correct / totals.nsp_total if nsp and totals.nsp_total > 0 else None,
         "lr": learning_rate,
         "grad_norm": grad_norm,
         "tokens_seen": state.tokens_seen,
         "epoch": epoch,
-        "step_tokens": float(totals[3]),
+        "step_tokens": totals.tokens,
         "data_seconds": data_seconds,
     }
 
 
 @torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    accelerator: Any,
-    make_batch: BatchMaker,
-    indices: Sequence[int],
-    micro_batch_size: int,
-    nsp: bool,
-) -> dict[str, float]:
+def evaluate(trainer: Trainer) -> dict[str, float]:
     """Held-out MLM loss (per masked token), MLM accuracy and NSP accuracy, with fixed masking."""
+    model, accelerator, nsp = trainer.model, trainer.accelerator, trainer.args.nsp
     model.eval()
-    rank, world = accelerator.process_index, accelerator.num_processes
-    mine = list(indices)[rank::world]
-    # sums: mlm loss x masked tokens, masked tokens, mlm correct, nsp correct, nsp total,
-    # [MASK]-replaced tokens, correct at them
-    totals = torch.zeros(7, dtype=torch.float64)
-    for start in range(0, len(mine), micro_batch_size):
-        chunk = mine[start : start + micro_batch_size]
-        inputs = model_inputs(make_batch(chunk, 0), accelerator.device, nsp)
-        outputs = model(**inputs, return_dict=True)
+    mine = list(trainer.eval_indices)[accelerator.process_index :: accelerator.num_processes]
+    sums = EvalSums()
+    for start in range(0, len(mine), trainer.args.micro_batch_size):
+        chunk = mine[start : start + trainer.args.micro_batch_size]
+        inputs = model_inputs(trainer.make_eval_batch(chunk, 0), accelerator.device, nsp)
+        with trainer.autocast():
+            outputs = model(**inputs, return_dict=True)
         predicted, true = masked_predictions(outputs.prediction_logits, inputs["labels"])
-        mlm_loss = getattr(outputs, "mlm_loss", None)
-        if mlm_loss is None:
-            mlm_loss = outputs.loss
-        totals[0] += float(mlm_loss) * true.numel()
-        totals[1] += true.numel()
-        totals[2] += float((predicted == true).sum())
+        sums.mlm_loss_x_masked += float(outputs.mlm_loss) * true.numel()
+        sums.masked += true.numel()
+        sums.mlm_correct += float((predicted == true).sum())
         # 10% of masked tokens are left unchanged and are solved by copying the input: report the
         # positions the model cannot see separately, they show whether it has learned from context.
-        replaced = inputs["input_ids"][inputs["labels"] != -100] == MASK_ID
-        totals[5] += float(replaced.sum())
-        totals[6] += float(((predicted == true) & replaced).sum())
-        if nsp and getattr(outputs, "seq_relationship_logits", None) is not None:
+        shown_as_mask = inputs["input_ids"][inputs["labels"] != IGNORE_INDEX] == MASK_ID
+        sums.shown_as_mask += float(shown_as_mask.sum())
+        sums.correct_at_mask += float(((predicted == true) & shown_as_mask).sum())
+        if nsp:
             nsp_predicted = outputs.seq_relationship_logits.argmax(dim=-1)
-            totals[3] += float((nsp_predicted == inputs["next_sentence_label"].view(-1)).sum())
-            totals[4] += nsp_predicted.numel()
-    totals = accelerator.reduce(totals.to(accelerator.device), "sum").cpu()
+            sums.nsp_correct += float((nsp_predicted == inputs["next_sentence_label"].view(-1)).sum())
+            sums.nsp_total += nsp_predicted.numel()
+    totals = sums.all_reduce(accelerator)
     model.train()
     result = {
-        "eval_mlm_loss": float(totals[0] / max(float(totals[1]), 1.0)),
-        "eval_mlm_accuracy": float(totals[2] / max(float(totals[1]), 1.0)),
-        "eval_mlm_accuracy_at_mask": float(totals[6] / max(float(totals[5]), 1.0)),
+        "eval_mlm_loss": totals.mlm_loss_x_masked / max(totals.masked, 1.0),
+        "eval_mlm_accuracy": totals.mlm_correct / max(totals.masked, 1.0),
+        "eval_mlm_accuracy_at_mask": totals.correct_at_mask / max(totals.shown_as_mask, 1.0),
     }
-    if nsp and totals[4] > 0:
-        result["eval_nsp_accuracy"] = float(totals[3] / totals[4])
+    if nsp and totals.nsp_total > 0:
+        result["eval_nsp_accuracy"] = totals.nsp_correct / totals.nsp_total
     return result
 
 
@@ -1049,203 +1061,148 @@ def save_final_model(model: torch.nn.Module, vocab_dir: Path, destination: Path)
 
 
 # ---------------------------------------------------------------------------------------------------
+# The loop
+
+
+@contextlib.contextmanager
+def _failures_explained(trainer: Trainer) -> Iterator[None]:
+    """Turn a diverged loss or an exhausted memory into an error that says what to do about it."""
+    try:
+        yield
+    except NonFiniteLossError:
+        last = list_checkpoints(trainer.run_dir)
+        kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint had been written yet"
+        raise NonFiniteLossError(
+            f"the loss became NaN or infinite at step {trainer.state.step + 1}; training stopped and {kept}. "
+            "Lower --learning-rate, raise --warmup-steps, or use --precision bf16/fp32 instead of fp16."
+        ) from None
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and "out of memory" not in str(error).lower():
+            raise
+        raise PretrainingOutOfMemory(
+            f"out of memory at step {trainer.state.step + 1}: {error}\n{MEMORY_LEVERS}"
+        ) from None
+
+
+@contextlib.contextmanager
+def _closing(metrics: MetricsLog, progress_bar: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if progress_bar is not None:
+            progress_bar.close()
+        metrics.close()
+
+
+def _show_progress(progress_bar: Any, record: dict[str, Any]) -> None:
+    if progress_bar is not None:
+        progress_bar.update(1)
+        progress_bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}")
+
+
+def _progress_bar(trainer: Trainer) -> Any:
+    if not (trainer.is_main and trainer.args.progress):
+        return None
+    from tqdm.auto import tqdm
+
+    total = trainer.args.max_steps or trainer.schedule_steps
+    return tqdm(total=total, initial=trainer.state.step, desc="pretrain", unit="step", dynamic_ncols=True)
+
+
+def run_pretraining(args: PretrainingArguments, model_factory: ModelFactory | None = None) -> dict[str, Any]:
+    """Pretrain ReforBertForPreTraining and return a summary (final step, losses, throughput).
+
+    Stops at ``max_steps``, after ``max_tokens`` non-padding tokens, or after ``time_budget_minutes`` of
+    this invocation, whichever comes first (without max_steps or max_tokens, also after one epoch).
+    The learning rate schedule spans ``max_steps`` or, without it, the steps ``max_tokens`` is expected
+    to take, or one epoch.
+    Raises :class:`NonFiniteLossError` on a NaN/inf loss and :class:`PretrainingOutOfMemory` when memory
+    runs out. ``model_factory`` trains another model through the same loop (see :data:`ModelFactory`).
+    """
+    trainer = set_up(args, model_factory)
+    throughput = measure_throughput(trainer)
+    write_run_settings(trainer, throughput)
+    state, eval_every = trainer.state, args.eval_steps or args.save_steps
+    metrics = MetricsLog(trainer.run_dir, state.step if trainer.resumed else None, trainer.is_main)
+    progress_bar = _progress_bar(trainer)
+    deadline = None if args.time_budget_minutes is None else time.monotonic() + 60 * args.time_budget_minutes
+    record: dict[str, Any] = {}
+    with StopRequests() as stop, _failures_explained(trainer), _closing(metrics, progress_bar):
+        while not trainer.reached_the_end():
+            step_start = time.perf_counter()
+            record = _train_step(trainer, state)  # train
+            record.update(throughput.step_record(record.pop("step_tokens"), time.perf_counter() - step_start))
+            out_of_time, interrupted = trainer.any_process(
+                deadline is not None and time.monotonic() >= deadline, stop.received is not None
+            )
+            finished = out_of_time or interrupted or trainer.reached_the_end()
+            if state.step % args.log_every == 0:  # log
+                metrics.log(record)
+            _show_progress(progress_bar, record)
+            # An interrupted run evaluates only where the uninterrupted one would: it must exit soon.
+            if trainer.eval_indices and (state.step % eval_every == 0 or (finished and not interrupted)):
+                metrics.log({"step": state.step, **evaluate(trainer)}, prefix="eval")  # evaluate
+            if state.step % args.save_steps == 0 or finished:  # save
+                throughput.checkpoint()
+                checkpoint = trainer.save()
+            if interrupted:
+                raise PretrainingInterrupted(stop.received or signal.SIGTERM, checkpoint)
+            if finished:
+                break
+    if trainer.is_main:
+        with _writing("the final model", trainer.run_dir / "model", "; the last checkpoint is intact"):
+            save_final_model(trainer.objects.model, Path(args.vocab), trainer.run_dir / "model")
+    trainer.accelerator.wait_for_everyone()
+    return {
+        "step": state.step,
+        "tokens_seen": state.tokens_seen,
+        "run_dir": str(trainer.run_dir),
+        "peak_tflops": throughput.peak_tflops,
+        "peak_source": throughput.peak_source,
+        **record,
+    }
+
+
+def pretrain(
+    data: str | Path,
+    vocab_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    model_factory: ModelFactory | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """:func:`run_pretraining` with the settings as keywords, the fields of :class:`PretrainingArguments`
+    (``recipe`` among them): e.g. ``pretrain(data, vocab, run, max_steps=10)``."""
+    args = PretrainingArguments.resolve(data=data, vocab=vocab_dir, output=output_dir, **settings)
+    return run_pretraining(args, model_factory)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Command line
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--data", required=True, help="The pretraining data: a shard folder or the seed's JSON-lines files.")
-    add(
-        "--vocab",
-        required=True,
-        help="The vocabulary folder made by `reforbert vocab`; its tokenizer files "
-        "are copied into the run's model folder.",
-    )
-    add("--output", required=True, help="The run folder to create (checkpoints, metrics, final model).")
-    add("--preset", default="mini", choices=list(PRESETS), help="The model size to start from.")
-    add(
-        "--attention",
-        choices=["lsh", "full", "auto"],
-        help="The attention backend; auto uses full attention "
-        "up to the config's full_attention_max_length and LSH beyond.",
-    )
-    add(
-        "--reversible",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Use reversible residual layers, which recompute activations in the backward pass to save "
-        "memory.",
-    )
-    add(
-        "--ff-chunk-size",
-        type=int,
-        help="Run the feed-forward layer over this many positions at a time "
-        "(0 runs it over the whole sequence at once).",
-    )
-    add("--bucket-size", type=int, help="The LSH attention bucket size.")
-    add("--num-hashes", type=int, help="The number of LSH hashing rounds.")
-    add(
-        "--config",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="Set any other config field, e.g. --config hidden_dropout_prob=0.0; may be repeated.",
-    )
-    add("--max-seq-len", type=int, default=512, help="The longest example accepted, in tokens.")
-    add(
-        "--micro-batch-size", type=int, default=32, help="Examples per forward/backward pass on each process."
-    )
-    add(
-        "--global-batch-size",
-        type=int,
-        default=128,
-        help="Examples per optimizer step over all processes, reached by gradient accumulation.",
-    )
-    add("--learning-rate", type=float, default=1e-4, help="The peak learning rate of AdamW.")
-    add(
-        "--warmup-steps",
-        type=int,
-        help="Steps of linear warm-up; by default 10%% of the schedule (at most 1000).",
-    )
-    add(
-        "--schedule",
-        choices=["linear", "cosine", "constant"],
-        default="linear",
-        help="How the learning rate decays after warm-up.",
-    )
-    add(
-        "--weight-decay",
-        type=float,
-        default=0.01,
-        help="AdamW weight decay, not applied to biases and LayerNorm weights.",
-    )
-    add(
-        "--max-grad-norm",
-        type=float,
-        default=1.0,
-        help="Clip the gradient norm to this value (0 disables it).",
-    )
-    add("--max-steps", type=int, help="Stop after this many optimizer steps.")
-    add("--max-tokens", type=int, help="Stop after this many non-padding tokens.")
-    add(
-        "--time-budget-minutes",
-        type=float,
-        help="Stop (and save) after this many minutes of this invocation.",
-    )
-    add("--save-steps", type=int, default=100, help="Write a checkpoint every this many steps.")
-    add(
-        "--save-total-limit",
-        type=int,
-        default=3,
-        help="Keep only this many most recent checkpoints (0 keeps them all).",
-    )
-    add("--eval-steps", type=int, help="Evaluate every this many steps; by default as often as checkpoints.")
-    add("--eval-data", help="Held-out pretraining data; without it a small fraction of --data is held out.")
-    add(
-        "--eval-fraction",
-        type=float,
-        default=0.01,
-        help="The fraction of --data held out when there is no --eval-data.",
-    )
-    add("--mlm-probability", type=float, default=0.15, help="The fraction of tokens masked for MLM.")
-    add(
-        "--nsp",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="Train next-sentence prediction alongside MLM (--no-nsp trains MLM only).",
-    )
-    add(
-        "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        default="auto",
-        help="Numeric precision: bf16 or fp16 autocast (fp16 with loss scaling, CUDA only) or fp32; auto "
-        "picks bf16/fp16 on GPUs and fp32 on CPUs.",
-    )
-    add("--compile", action="store_true", help="Compile the model with torch.compile before training.")
-    add(
-        "--peak-tflops",
-        type=float,
-        help="The device's peak TFLOP/s used for MFU, instead of the built-in per-device estimate.",
-    )
-    add("--seed", type=int, default=0, help="The seed for initialisation, data order, masking and dropout.")
-    add(
-        "--resume",
-        action="store_true",
-        help="Continue the run in --output from its latest complete checkpoint.",
-    )
-    add("--overwrite", action="store_true", help="Replace an existing run in --output.")
+    from reforbert.pretraining_arguments import configure_parser as add_arguments
 
-
-def _parse_config_values(items: list[str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ReforBertInputError(f"--config expects KEY=VALUE, got {item!r}")
-        try:
-            values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw
-    return values
-
-
-def config_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    overrides = _parse_config_values(args.config)
-    for flag, field in (
-        ("attention", "attention_backend"),
-        ("reversible", "reversible"),
-        ("ff_chunk_size", "feed_forward_chunk_size"),
-        ("bucket_size", "lsh_bucket_size"),
-        ("num_hashes", "lsh_num_hashes"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides[field] = value
-    return overrides
+    add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    arguments = arguments_from_namespace(args)
     try:
-        summary = pretrain(
-            args.data,
-            args.vocab,
-            args.output,
-            preset=args.preset,
-            config_overrides=config_overrides_from_args(args),
-            max_seq_len=args.max_seq_len,
-            micro_batch_size=args.micro_batch_size,
-            global_batch_size=args.global_batch_size,
-            learning_rate=args.learning_rate,
-            warmup_steps=args.warmup_steps,
-            schedule=args.schedule,
-            weight_decay=args.weight_decay,
-            max_grad_norm=args.max_grad_norm,
-            max_steps=args.max_steps,
-            max_tokens=args.max_tokens,
-            time_budget_minutes=args.time_budget_minutes,
-            save_steps=args.save_steps,
-            save_total_limit=args.save_total_limit,
-            eval_steps=args.eval_steps,
-            eval_data=args.eval_data,
-            eval_fraction=args.eval_fraction,
-            mlm_probability=args.mlm_probability,
-            nsp=args.nsp,
-            precision=args.precision,
-            compile=args.compile,
-            peak_tflops=args.peak_tflops,
-            seed=args.seed,
-            resume=args.resume,
-            overwrite=args.overwrite,
-        )
+        summary = run_pretraining(arguments)
     except NonFiniteLossError as error:
         print(f"reforbert pretrain: error: {error}", file=sys.stderr)
         return 3
     except PretrainingOutOfMemory as error:
         print(f"reforbert pretrain: error: {error}", file=sys.stderr)
         return 4
+    except PretrainingInterrupted as error:
+        print(f"reforbert pretrain: {error}", file=sys.stderr)
+        return 128 + error.received  # the shell's convention for a process ended by a signal
     print(
         f"reforbert pretrain: finished at step {summary['step']} ({summary['tokens_seen']:,} tokens); "
-        f"final model in {Path(args.output) / 'model'}",
+        f"final model in {Path(arguments.output) / 'model'}",
         file=sys.stderr,
     )
     return 0

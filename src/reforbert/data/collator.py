@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from reforbert.configuration_reforbert import CLS_ID, NUM_SPECIAL_TOKENS, PAD_ID
-from reforbert.data.masking import IGNORE_INDEX, load_word_start_table, mask_tokens
+from reforbert.configuration_reforbert import CLS_ID, IGNORE_INDEX, NUM_SPECIAL_TOKENS, PAD_ID
+from reforbert.data.masking import load_word_start_table, mask_tokens
 
 
 def example_generator(seed: int, epoch: int, index: int) -> torch.Generator:

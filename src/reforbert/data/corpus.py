@@ -1,7 +1,8 @@
 """`reforbert corpus`: Korean Wikipedia (XML dump or WikiExtractor output) -> clean text.
 
 Output format (the pretraining text format): for each document its title on one line, then one
-paragraph per line, and a blank line between documents; UTF-8 with LF line ends.
+paragraph per line, and a blank line between documents; UTF-8 with LF line ends. The readers of
+that format (:func:`iter_documents`, :func:`split_sentences`) live here too, beside the writer.
 
 Documents are read in the main process and cleaned in worker processes, in batches submitted
 through a bounded window, so memory stays constant however large the dump, and results are
@@ -14,6 +15,7 @@ import argparse
 import hashlib
 import multiprocessing
 import os
+import re
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from tqdm import tqdm
 from reforbert.data import wiki_sources
 from reforbert.data.wikitext import extracted_to_paragraphs, wikitext_to_paragraphs
 from reforbert.errors import ReforBertInputError
-from reforbert.fileio import atomic_file, refuse_to_overwrite
+from reforbert.fileio import atomic_file, iter_utf8_lines, refuse_to_overwrite
 
 # Stubs shorter than this (after cleaning) are one- or two-sentence definitions ("X는 Y의 Z이다."):
 # they give no sentence pairs for next-sentence prediction and repeat the same few patterns
@@ -39,6 +41,7 @@ EXTRACTED = "extracted"
 REASON_EMPTY = "empty after cleaning"
 REASON_SHORT = "shorter than min-chars"
 REASON_DUPLICATE = "duplicate body"
+REASON_NO_TITLE = "no title"
 
 
 @dataclass
@@ -72,8 +75,11 @@ class CorpusStats:
     @property
     def dropped_before_cleaning(self) -> int:
         """Pages the readers skipped (redirects, other namespaces): never counted as read documents."""
-        return sum(count for reason, count in self.dropped.items()
-                   if reason not in (REASON_EMPTY, REASON_SHORT, REASON_DUPLICATE))
+        return sum(
+            count
+            for reason, count in self.dropped.items()
+            if reason not in (REASON_EMPTY, REASON_SHORT, REASON_DUPLICATE, REASON_NO_TITLE)
+        )
 
 
 def input_kind(path: Path) -> str:
@@ -117,7 +123,8 @@ def clean_batch(batch: list[tuple[str, str, str]]) -> list[tuple[str, list[str]]
     cleaned = []
     for kind, title, text in batch:
         to_paragraphs = wikitext_to_paragraphs if kind == DUMP else extracted_to_paragraphs
-        cleaned.append((title.strip(), to_paragraphs(text)))
+        # The title must stay one non-empty line: readers take the first line of a document as its title.
+        cleaned.append((" ".join(title.split()), to_paragraphs(text)))
     return cleaned
 
 
@@ -132,9 +139,7 @@ def _batches(items: Iterable[tuple[str, str, str]], size: int) -> Iterator[list[
         yield batch
 
 
-def _clean_in_order(
-    items: Iterable[tuple[str, str, str]], workers: int
-) -> Iterator[tuple[str, list[str]]]:
+def _clean_in_order(items: Iterable[tuple[str, str, str]], workers: int) -> Iterator[tuple[str, list[str]]]:
     """Clean documents on ``workers`` processes, yielding results in input order.
 
     ``Pool.imap`` would read its whole input ahead of the workers (unbounded memory on a dump);
@@ -185,7 +190,7 @@ def build_corpus(
         with atomic_file(output, "w", encoding="utf-8") as handle:
             for title, paragraphs in _clean_in_order(documents, workers):
                 stats.documents_read += 1
-                reason = _reason_to_drop(paragraphs, min_chars, seen_bodies)
+                reason = _reason_to_drop(paragraphs, min_chars, seen_bodies) if title else REASON_NO_TITLE
                 if reason:
                     stats.dropped[reason] += 1
                     continue
@@ -237,31 +242,103 @@ def _format_reasons(dropped: Counter[str]) -> str:
     return ", ".join(f"{reason}: {count}" for reason, count in sorted(dropped.items())) or "no documents"
 
 
+# --- reading the corpus back --------------------------------------------------------------------
+# The vocabulary and the pretraining data read what build_corpus writes: per document a title line,
+# then one paragraph per line, and a blank line between documents.
+
+# A sentence ends at . ? ! (optionally followed by a closing quote or bracket) before a space.
+# Korean prose ends nearly every sentence with "다." so this simple rule works well.
+_SENTENCE_END = re.compile(r"(?<=[.?!])[\"'”’)\]]*\s+")
+
+
+def check_corpus_files(corpus_files: Iterable[str | Path]) -> list[Path]:
+    files = [Path(file) for file in corpus_files]
+    if not files:
+        raise ReforBertInputError("no corpus files given")
+    for file in files:
+        if not file.is_file():
+            raise ReforBertInputError("no such corpus file", file)
+    return files
+
+
+def iter_documents(path: Path) -> Iterator[list[str]]:
+    """Yield each document's paragraph lines (the title line is dropped, see below)."""
+    document: list[str] = []
+    for _, line in iter_utf8_lines(path):
+        if line.strip():
+            document.append(line.strip())
+        elif document:
+            yield document[1:]
+            document = []
+    if document:
+        yield document[1:]
+    # The title is dropped: it is not a sentence and the first paragraph nearly always repeats it.
+
+
+def split_sentences(paragraph: str) -> list[str]:
+    return [sentence for sentence in _SENTENCE_END.split(paragraph) if sentence]
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from reforbert.cli import add_example
+    from reforbert.fileio import ACCEPT_MISMATCH_FLAG, ALLOW_UNVERIFIED_FLAG
+
     parser.add_argument(
-        "inputs", nargs="*", type=Path,
-        help="MediaWiki dumps (*.xml, *.xml.bz2) and/or WikiExtractor output folders or files",
+        "inputs",
+        nargs="*",
+        type=Path,
+        help="MediaWiki dumps (*.xml, *.xml.bz2) and/or WikiExtractor output folders or files to clean.",
     )
-    parser.add_argument("--output", "-o", type=Path, required=True, help="clean text file to write")
+    parser.add_argument("--output", "-o", type=Path, required=True, help="The clean text file to write.")
     parser.add_argument(
-        "--min-chars", type=int, default=DEFAULT_MIN_CHARS,
-        help=f"drop documents whose cleaned body is shorter (default {DEFAULT_MIN_CHARS} characters)",
-    )
-    parser.add_argument("--workers", type=int, default=None, help="cleaning processes (default: all cores)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    parser.add_argument(
-        "--download", nargs="?", const=wiki_sources.DEFAULT_DUMP_URL, default=None, metavar="URL",
-        help=f"download a dump first (default: {wiki_sources.DEFAULT_DUMP_URL}); resumes a partial download",
+        "--min-chars",
+        type=int,
+        default=DEFAULT_MIN_CHARS,
+        help=f"Drop documents whose cleaned body is shorter than this many characters "
+        f"(default {DEFAULT_MIN_CHARS}).",
     )
     parser.add_argument(
-        "--download-to", type=Path, default=None,
-        help="where to save the download (default: beside the output, under the URL's file name)",
+        "--workers", type=int, default=None, help="The number of cleaning processes (default: all cores)."
     )
-    parser.add_argument("--sha1", default=None, help="expected SHA-1 of the download")
-    parser.add_argument("--md5", default=None, help="expected MD5 of the download")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing output file.")
     parser.add_argument(
-        "--checksums-url", default=None,
-        help="the dump's published checksum list (md5sums/sha1sums); used by default for the default URL",
+        "--download",
+        nargs="?",
+        const=wiki_sources.DEFAULT_DUMP_URL,
+        default=None,
+        metavar="URL",
+        help=f"Download a dump first (default: {wiki_sources.DEFAULT_DUMP_URL}); a partial download "
+        "is resumed.",
+    )
+    parser.add_argument(
+        "--download-to",
+        type=Path,
+        default=None,
+        help="Where to save the download (default: beside the output, under the URL's file name).",
+    )
+    parser.add_argument("--sha1", default=None, help="The expected SHA-1 of the download.")
+    parser.add_argument("--md5", default=None, help="The expected MD5 of the download.")
+    parser.add_argument(
+        "--checksums-url",
+        default=None,
+        help="The dump's published checksum list (md5sums/sha1sums); the default URL uses its own list.",
+    )
+    parser.add_argument(
+        ALLOW_UNVERIFIED_FLAG,
+        action="store_true",
+        help="Download even when no checksum is known for the URL; its sha256 is printed afterwards.",
+    )
+    parser.add_argument(
+        ACCEPT_MISMATCH_FLAG,
+        action="store_true",
+        dest="accept_mismatch",
+        help="Keep a download whose checksum differs from the expected one, with a warning, instead of "
+        "refusing it.",
+    )
+    add_example(
+        parser,
+        "reforbert corpus --download -o corpus/kowiki.txt",
+        "reforbert corpus text/AA text/AB -o corpus/kowiki.txt --workers 8",
     )
 
 
@@ -272,7 +349,13 @@ def run(args: argparse.Namespace) -> int:
         destination = args.download_to or args.output.parent / args.download.rstrip("/").rsplit("/", 1)[-1]
         inputs.append(
             wiki_sources.download_dump(
-                args.download, destination, sha1=args.sha1, md5=args.md5, checksums_url=args.checksums_url
+                args.download,
+                destination,
+                sha1=args.sha1,
+                md5=args.md5,
+                checksums_url=args.checksums_url,
+                allow_unverified=args.allow_unverified,
+                accept_mismatch=args.accept_mismatch,
             )
         )
     build_corpus(

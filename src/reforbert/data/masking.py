@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from reforbert.configuration_reforbert import MASK_ID, NUM_SPECIAL_TOKENS
+from reforbert.configuration_reforbert import IGNORE_INDEX, MASK_ID, NUM_SPECIAL_TOKENS
+from reforbert.data.vocab import SENTENCEPIECE_VOCAB_FILE
 
-IGNORE_INDEX = -100  # label value that torch's cross-entropy skips
 WORD_START = "\u2581"  # SentencePiece marks a piece that begins a word with "▁"
 
 
@@ -26,7 +26,7 @@ def mask_tokens(
     mlm_probability: float = 0.15,
     word_start_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(masked_input_ids, labels)``; ``labels`` is -100 wherever nothing was masked.
+    """Return ``(masked_input_ids, labels)``; ``labels`` is ``IGNORE_INDEX`` wherever nothing was masked.
 
     ``input_ids`` is 1-D or 2-D; ``special_tokens_mask`` is True where a token may never be
     masked ([CLS], [SEP], padding). With ``word_start_mask`` (True where a piece begins a word)
@@ -87,7 +87,7 @@ def word_start_table(pieces: list[str]) -> torch.Tensor:
 
 def load_word_start_table(vocab_dir: str | Path) -> torch.Tensor:
     """Read ``sentencepiece.vocab`` (piece TAB score per line) into a :func:`word_start_table`."""
-    path = Path(vocab_dir) / "sentencepiece.vocab"
+    path = Path(vocab_dir) / SENTENCEPIECE_VOCAB_FILE
     with open(path, encoding="utf-8") as handle:
         pieces = [line.rstrip("\n").split("\t", 1)[0] for line in handle]
     return word_start_table(pieces)

@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from reforbert.configuration_reforbert import CLS_ID, NUM_SPECIAL_TOKENS, SEP_ID
+from reforbert.configuration_reforbert import CLS_ID, IGNORE_INDEX, NUM_SPECIAL_TOKENS, SEP_ID
 from reforbert.data import shards
-from reforbert.data.vocab import check_corpus_files, iter_documents, split_sentences
+from reforbert.data.corpus import check_corpus_files, iter_documents, split_sentences
+from reforbert.data.vocab import SENTENCEPIECE_MODEL_FILE, SENTENCEPIECE_VOCAB_FILE, load_sentencepiece
 from reforbert.errors import ReforBertInputError
 from reforbert.fileio import atomic_directory, refuse_to_overwrite, sha256_of
 
@@ -185,7 +186,7 @@ def _mask_statically(instances, settings: InstanceSettings, block: int) -> list[
     global _word_starts
     import torch
 
-    from reforbert.data.masking import IGNORE_INDEX, mask_tokens, word_start_table
+    from reforbert.data.masking import mask_tokens, word_start_table
 
     torch.set_num_threads(1)
     pieces = [_processor.id_to_piece(i) for i in range(_processor.get_piece_size())]
@@ -294,6 +295,79 @@ def _ordered_results(tasks: Iterable[tuple], workers: int, model_file: str) -> I
             yield size_done, result.get()
 
 
+def _check_request(
+    model_file: Path, output_dir: Path, settings: InstanceSettings, count: int, overwrite: bool
+) -> int:
+    """Refuse impossible settings before any work starts; return the vocabulary's size."""
+    if not model_file.is_file():
+        raise ReforBertInputError("vocabulary model is missing (run `reforbert vocab`)", model_file)
+    if not 8 <= settings.max_seq_len <= 65535:
+        raise ReforBertInputError(f"max_seq_len must be between 8 and 65535, got {settings.max_seq_len}")
+    if not 0.0 <= settings.short_seq_prob <= 1.0 or settings.dupe_factor < 1 or count < 1:
+        raise ReforBertInputError("short_seq_prob must be in [0, 1]; dupe_factor and count at least 1")
+    if settings.whole_word_mask and not settings.jsonl:
+        # Shards are unmasked (the collator masks them while training): a flag here would do nothing.
+        raise ReforBertInputError(
+            "--whole-word-mask applies only to --jsonl output; binary shards are masked while training"
+        )
+    refuse_to_overwrite(output_dir, overwrite)
+    vocab_size = load_sentencepiece(model_file).get_piece_size()
+    if vocab_size > 1 << 16:
+        raise ReforBertInputError(f"{vocab_size} pieces do not fit the uint16 shards", model_file)
+    return vocab_size
+
+
+def _write_blocks(
+    results: Iterable[tuple[int, dict[str, Any]]],
+    folder: Path,
+    writer: shards.ShardWriter | None,
+    jsonl_files: int,
+    total_bytes: int,
+    progress: bool,
+) -> collections.Counter:
+    """Write each block's instances as it arrives: to ``writer``'s shards, or (``jsonl_files`` > 0)
+    as JSON lines dealt over that many files. Returns the blocks' statistics summed."""
+    totals: collections.Counter = collections.Counter()
+    with contextlib.ExitStack() as stack:
+        outputs = [
+            stack.enter_context(open(folder / JSONL_NAME.format(i), "w", encoding="utf-8"))
+            for i in range(jsonl_files)
+        ]
+        bar = stack.enter_context(
+            tqdm(total=total_bytes, unit="B", unit_scale=True, desc="pretraining data", disable=not progress)
+        )
+        for size, result in results:
+            if outputs:
+                # Instance k goes to file k mod count: balanced files without knowing the total.
+                for line in result["lines"]:
+                    outputs[totals["instances"] % jsonl_files].write(line + "\n")
+                    totals["instances"] += 1
+                totals.update({k: v for k, v in result["stats"].items() if k != "instances"})
+            else:
+                writer.add(result["tokens"], result["lengths"], result["boundaries"], result["is_next"])
+                totals.update(result["stats"])
+            bar.update(size)
+        bar.update(total_bytes - bar.n)  # blocks count text, not markup and blank lines
+    return totals
+
+
+def _checked_statistics(totals: collections.Counter, files: list[Path]) -> dict[str, int]:
+    culprit = files[0] if len(files) == 1 else None
+    if totals["corpus_tokens"] == 0:
+        raise ReforBertInputError("the corpus has no text", culprit)
+    if totals["instances"] == 0:
+        raise ReforBertInputError(
+            f"the corpus yields no instances: all {totals['documents']} documents "
+            f"({totals['sentences']} sentences, {totals['corpus_tokens']} tokens) are too short "
+            "to cut into a sentence pair",
+            culprit,
+        )
+    return {
+        key: int(totals[key])
+        for key in ("documents", "sentences", "corpus_tokens", "instances", "instance_tokens", "is_next")
+    }
+
+
 def make_pretraining_data(
     corpus_files: Iterable[str | Path],
     vocab_dir: str | Path,
@@ -320,68 +394,23 @@ def make_pretraining_data(
     """
     files = check_corpus_files(corpus_files)
     vocab_dir, output_dir = Path(vocab_dir), Path(output_dir)
-    model_file = vocab_dir / shards.VOCAB_MODEL_FILE
-    if not model_file.is_file():
-        raise ReforBertInputError("vocabulary model is missing (run `reforbert vocab`)", model_file)
-    if not 8 <= max_seq_len <= 65535:
-        raise ReforBertInputError(f"max_seq_len must be between 8 and 65535, got {max_seq_len}")
-    if not 0.0 <= short_seq_prob <= 1.0 or dupe_factor < 1 or count < 1:
-        raise ReforBertInputError("short_seq_prob must be in [0, 1]; dupe_factor and count at least 1")
-    refuse_to_overwrite(output_dir, overwrite)
-    import sentencepiece as spm
-
-    vocab_size = spm.SentencePieceProcessor(model_file=str(model_file)).get_piece_size()
-    if vocab_size > 1 << 16:
-        raise ReforBertInputError(f"{vocab_size} pieces do not fit the uint16 shards", model_file)
+    model_file = vocab_dir / SENTENCEPIECE_MODEL_FILE
     settings = InstanceSettings(
         max_seq_len, short_seq_prob, dupe_factor, seed, mlm_probability, whole_word_mask, jsonl
     )
+    vocab_size = _check_request(model_file, output_dir, settings, count, overwrite)
     workers = workers or os.cpu_count() or 1
     total_bytes = sum(file.stat().st_size for file in files)
-    totals: collections.Counter = collections.Counter()
 
     with atomic_directory(output_dir) as folder:
         tasks = (
             ((block, documents, settings), size)
             for block, (documents, size) in enumerate(iter_blocks(files, block_bytes))
         )
+        results = _ordered_results(tasks, workers, str(model_file))
         writer = shards.ShardWriter(folder, shard_tokens) if not jsonl else None
-        with contextlib.ExitStack() as stack:
-            outputs = [
-                stack.enter_context(open(folder / JSONL_NAME.format(i), "w", encoding="utf-8"))
-                for i in range(count if jsonl else 0)
-            ]
-            bar = stack.enter_context(
-                tqdm(
-                    total=total_bytes,
-                    unit="B",
-                    unit_scale=True,
-                    desc="pretraining data",
-                    disable=not progress,
-                )
-            )
-            for size, result in _ordered_results(tasks, workers, str(model_file)):
-                if jsonl:
-                    # Instance k goes to file k mod count: balanced files without knowing the total.
-                    for line in result["lines"]:
-                        outputs[totals["instances"] % count].write(line + "\n")
-                        totals["instances"] += 1
-                    totals.update({k: v for k, v in result["stats"].items() if k != "instances"})
-                else:
-                    writer.add(result["tokens"], result["lengths"], result["boundaries"], result["is_next"])
-                    totals.update(result["stats"])
-                bar.update(size)
-            bar.update(total_bytes - bar.n)  # blocks count text, not markup and blank lines
-        if totals["corpus_tokens"] == 0:
-            raise ReforBertInputError("the corpus has no text", files[0] if len(files) == 1 else None)
-        if totals["instances"] == 0:
-            raise ReforBertInputError(
-                "the corpus yields no instances (documents too short?)", files[0] if len(files) == 1 else None
-            )
-        statistics = {
-            key: int(totals[key])
-            for key in ("documents", "sentences", "corpus_tokens", "instances", "instance_tokens", "is_next")
-        }
+        totals = _write_blocks(results, folder, writer, count if jsonl else 0, total_bytes, progress)
+        statistics = _checked_statistics(totals, files)
         metadata = {
             "vocab_sha256": sha256_of(model_file),
             "vocab_size": vocab_size,
@@ -392,7 +421,7 @@ def make_pretraining_data(
             "statistics": statistics,
         }
         if jsonl:
-            shutil.copyfile(vocab_dir / shards.VOCAB_PIECES_FILE, folder / shards.VOCAB_PIECES_FILE)
+            shutil.copyfile(vocab_dir / SENTENCEPIECE_VOCAB_FILE, folder / SENTENCEPIECE_VOCAB_FILE)
             metadata = {
                 "format": shards.JSONL_FORMAT,
                 "version": shards.FORMAT_VERSION,
@@ -416,23 +445,48 @@ def make_pretraining_data(
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("corpus", nargs="+", help="corpus text files (output of `reforbert corpus`)")
-    parser.add_argument("--vocab", required=True, help="vocabulary folder (output of `reforbert vocab`)")
-    parser.add_argument("--output", "-o", required=True, help="output folder")
-    parser.add_argument("--max-seq-len", type=int, default=512)
-    parser.add_argument("--short-seq-prob", type=float, default=0.1)
-    parser.add_argument("--dupe-factor", type=int, default=1, help="passes over the corpus with new splits")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mlm-probability", type=float, default=0.15, help="masking rate for --jsonl")
-    parser.add_argument("--whole-word-mask", action="store_true", help="mask whole words (for --jsonl)")
-    parser.add_argument(
-        "--jsonl", action="store_true", help="write the seed's masked JSON lines instead of shards"
+    from reforbert.cli import add_example
+
+    add = parser.add_argument
+    add("corpus", nargs="+", help="The corpus text files to cut into instances (made by `reforbert corpus`).")
+    add("--vocab", required=True, help="The vocabulary folder made by `reforbert vocab`.")
+    add("--output", "-o", required=True, help="The folder to write the instances into.")
+    add(
+        "--max-seq-len",
+        type=int,
+        default=512,
+        help="The length of an instance in tokens, [CLS] and [SEP]s included (default %(default)s).",
     )
-    parser.add_argument(
-        "--count", type=int, default=10, help="number of JSON-lines files (default %(default)s)"
+    add(
+        "--short-seq-prob",
+        type=float,
+        default=0.1,
+        help="The share of instances cut to a random shorter length, as BERT does (default %(default)s).",
     )
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add(
+        "--dupe-factor",
+        type=int,
+        default=1,
+        help="The number of passes over the corpus, each with new splits (default %(default)s).",
+    )
+    add("--seed", type=int, default=0, help="The seed of every random choice (default %(default)s).")
+    add(
+        "--mlm-probability",
+        type=float,
+        default=0.15,
+        help="The share of tokens masked in the JSON lines of --jsonl (default %(default)s).",
+    )
+    add(
+        "--whole-word-mask",
+        action="store_true",
+        help="Mask all pieces of a word together in the JSON lines of --jsonl (binary shards are "
+        "masked while training, so it is an error without --jsonl).",
+    )
+    add("--jsonl", action="store_true", help="Write the seed's masked JSON lines instead of binary shards.")
+    add("--count", type=int, default=10, help="The number of JSON-lines files (default %(default)s).")
+    add("--workers", type=int, default=None, help="The number of processes (default: all cores).")
+    add("--overwrite", action="store_true", help="Replace an existing output folder.")
+    add_example(parser, "reforbert pretraining-data corpus/kowiki.txt --vocab vocab -o data")
 
 
 def run(args: argparse.Namespace) -> int:

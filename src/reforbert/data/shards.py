@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from reforbert.configuration_reforbert import IGNORE_INDEX
+from reforbert.data.vocab import SENTENCEPIECE_MODEL_FILE, SENTENCEPIECE_VOCAB_FILE
 from reforbert.errors import ReforBertInputError
 from reforbert.fileio import sha256_of
 
@@ -37,10 +39,7 @@ SHARD_FORMAT = "reforbert-pretraining-shards"
 JSONL_FORMAT = "reforbert-pretraining-jsonl"
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
-VOCAB_MODEL_FILE = "sentencepiece.model"
-VOCAB_PIECES_FILE = "sentencepiece.vocab"
 ARRAYS = ("tokens", "offsets", "boundary", "is_next")
-IGNORE_INDEX = -100
 
 
 def shard_array_path(folder: Path, shard_name: str, array: str) -> Path:
@@ -171,9 +170,16 @@ def read_metadata(folder: str | Path) -> dict[str, Any]:
         raise ReforBertInputError(f"no {METADATA_FILE}: not a pretraining-data folder", folder)
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+            metadata = json.load(handle)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ReforBertInputError(f"unreadable metadata: {error}", path) from None
+    if not isinstance(metadata, dict):
+        raise ReforBertInputError("unreadable metadata: not a JSON object", path)
+    return metadata
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class PretrainingShards(Dataset):
@@ -187,6 +193,7 @@ class PretrainingShards(Dataset):
                 f"format is {self.metadata.get('format')!r}, expected {SHARD_FORMAT!r}",
                 self.path / METADATA_FILE,
             )
+        self._check_shard_list()
         self._arrays = self._open_arrays()
         self._starts: list[int] = []
         total = 0
@@ -194,6 +201,23 @@ class PretrainingShards(Dataset):
             self._starts.append(total)
             total += shard["instances"]
         self._length = total
+
+    def _check_shard_list(self) -> None:
+        """The fields the reader relies on, so that a damaged metadata.json is named, not a KeyError."""
+        shards = self.metadata.get("shards")
+        if not isinstance(shards, list) or not all(
+            isinstance(shard, dict)
+            and isinstance(shard.get("name"), str)
+            and Path(shard["name"]).name == shard["name"]  # a name, never a path out of the folder
+            and _is_count(shard.get("instances"))
+            for shard in shards
+        ):
+            raise ReforBertInputError(
+                '"shards" must be a list of {"name": file name, "instances": count}',
+                self.path / METADATA_FILE,
+            )
+        if not _is_count(self.metadata.get("vocab_size")) or self.metadata["vocab_size"] == 0:
+            raise ReforBertInputError('"vocab_size" must be a positive integer', self.path / METADATA_FILE)
 
     def _open_arrays(self) -> list[dict[str, np.ndarray]]:
         opened = []
@@ -205,15 +229,37 @@ class PretrainingShards(Dataset):
                     raise ReforBertInputError("shard file is missing", file)
                 try:
                     arrays[array] = np.load(file, mmap_mode="r", allow_pickle=False)
-                except ValueError as error:
+                # numpy parses the header with ast and tokenize, so a damaged one fails in many ways
+                # (ValueError, TypeError, SyntaxError, tokenize.TokenError, EOFError, OverflowError):
+                # whatever np.load raises on this file means the file is not a valid array.
+                except Exception as error:
                     raise ReforBertInputError(f"not a valid .npy array: {error}", file) from None
-            if len(arrays["offsets"]) != shard["instances"] + 1:
-                raise ReforBertInputError(
-                    "offsets do not match metadata.json",
-                    shard_array_path(self.path, shard["name"], "offsets"),
-                )
+                if arrays[array].ndim != 1 or arrays[array].dtype.kind not in "ui":
+                    raise ReforBertInputError(
+                        f"expected a 1-D integer array, found {arrays[array].dtype} of shape "
+                        f"{arrays[array].shape}",
+                        file,
+                    )
+            self._check_lengths(shard, arrays)
             opened.append(arrays)
         return opened
+
+    def _check_lengths(self, shard: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Offsets rise from 0 to the token count; one boundary and one label per instance."""
+        offsets = arrays["offsets"]
+        offsets_file = shard_array_path(self.path, shard["name"], "offsets")
+        if len(offsets) != shard["instances"] + 1:
+            raise ReforBertInputError("offsets do not match metadata.json", offsets_file)
+        if offsets[0] != 0 or offsets[-1] != len(arrays["tokens"]) or np.any(np.diff(offsets) <= 0):
+            raise ReforBertInputError(
+                f"offsets must rise from 0 to the {len(arrays['tokens'])} tokens of the shard", offsets_file
+            )
+        for array in ("boundary", "is_next"):
+            if len(arrays[array]) != shard["instances"]:
+                raise ReforBertInputError(
+                    f"{len(arrays[array])} entries for {shard['instances']} instances",
+                    shard_array_path(self.path, shard["name"], array),
+                )
 
     # Data-loader workers started by "spawn" receive a pickled dataset: send the paths, not the
     # memory-mapped arrays (which would pickle as full copies), and map them again there.
@@ -235,8 +281,20 @@ class PretrainingShards(Dataset):
         arrays = self._arrays[shard]
         start, end = int(arrays["offsets"][local]), int(arrays["offsets"][local + 1])
         input_ids = torch.from_numpy(arrays["tokens"][start:end].astype(np.int64))
+        boundary = int(arrays["boundary"][local])
+        # Checked here, one instance at a time: scanning every token when opening would read the corpus.
+        if (
+            int(input_ids.min()) < 0
+            or int(input_ids.max()) >= self.metadata["vocab_size"]
+            or boundary > end - start
+        ):
+            raise ReforBertInputError(
+                f"instance {local} has a token id outside the vocabulary of {self.metadata['vocab_size']} "
+                "or a segment boundary beyond its end",
+                shard_array_path(self.path, self.metadata["shards"][shard]["name"], "tokens"),
+            )
         token_type_ids = torch.zeros_like(input_ids)
-        token_type_ids[int(arrays["boundary"][local]) :] = 1
+        token_type_ids[boundary:] = 1
         # HF convention: next_sentence_label 0 means "B continues A", 1 means "B is random".
         return {
             "input_ids": input_ids,
@@ -272,12 +330,11 @@ class PretrainingJsonLines(Dataset):
         self.files = _jsonl_files(self.path)
         folder = self.path if self.path.is_dir() else self.path.parent
         self.metadata = read_metadata(folder) if (folder / METADATA_FILE).is_file() else {}
-        vocab_file = (
-            Path(vocab_dir) / VOCAB_PIECES_FILE if vocab_dir is not None else folder / VOCAB_PIECES_FILE
-        )
+        vocab_file = (Path(vocab_dir) if vocab_dir is not None else folder) / SENTENCEPIECE_VOCAB_FILE
         if not vocab_file.is_file():
             raise ReforBertInputError(
-                f"needs the vocabulary ({VOCAB_PIECES_FILE}) to read pieces; pass vocab_dir", vocab_file
+                f"needs the vocabulary ({SENTENCEPIECE_VOCAB_FILE}) to read pieces; pass vocab_dir",
+                vocab_file,
             )
         self.piece_ids = load_piece_ids(vocab_file)
         self._index: list[tuple[int, int, int]] = []  # (file number, byte offset, line number)
@@ -350,7 +407,7 @@ def open_pretraining_data(path: str | Path, vocab_dir: str | Path | None = None)
 def check_vocab(dataset_metadata: dict[str, Any] | Dataset, vocab_dir: str | Path) -> None:
     """Refuse to train on instances whose ids come from another vocabulary."""
     metadata = getattr(dataset_metadata, "metadata", dataset_metadata)
-    model_file = Path(vocab_dir) / VOCAB_MODEL_FILE
+    model_file = Path(vocab_dir) / SENTENCEPIECE_MODEL_FILE
     if not model_file.is_file():
         raise ReforBertInputError("vocabulary model is missing", model_file)
     expected = metadata.get("vocab_sha256")

@@ -11,6 +11,7 @@ requested number of pieces comes on top of them (8000 + 7 = 8007 by default).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import re
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from reforbert.configuration_reforbert import NUM_SPECIAL_TOKENS, SPECIAL_TOKENS
+from reforbert.configuration_reforbert import NUM_SPECIAL_TOKENS, SPECIAL_TOKENS, ReforBertConfig
+from reforbert.data.corpus import check_corpus_files, iter_documents, split_sentences
 from reforbert.errors import ReforBertInputError
 from reforbert.fileio import atomic_directory, refuse_to_overwrite
 
@@ -29,58 +31,15 @@ DEFAULT_PIECES = 8000
 # A uniform sample of 100K sentences (about 15 MB of Korean text) is plenty for 8000 pieces; a
 # larger one mostly costs SentencePiece memory and time, which would then grow with the corpus.
 DEFAULT_SAMPLE_SENTENCES = 100_000
-MODEL_FILE = "sentencepiece.model"
-VOCAB_FILE = "sentencepiece.vocab"
+# The two files SentencePiece trains, under the names every ReforBERT folder gives them.
+SENTENCEPIECE_MODEL_FILE = "sentencepiece.model"
+SENTENCEPIECE_VOCAB_FILE = "sentencepiece.vocab"  # piece TAB score, one line per id
 # SentencePiece silently skips longer "sentences"; our sentences are far shorter.
 MAX_SENTENCE_BYTES = 4192
 
-# A sentence ends at . ? ! (optionally followed by a closing quote or bracket) before a space.
-# Korean prose ends nearly every sentence with "다." so this simple rule works well.
-_SENTENCE_END = re.compile(r"(?<=[.?!])[\"'”’)\]]*\s+")
-
 
 # ----------------------------------------------------------------------------------------------
-# Reading the corpus (per document a title line, then one paragraph per line, blank line between)
-
-
-def check_corpus_files(corpus_files: Iterable[str | Path]) -> list[Path]:
-    files = [Path(file) for file in corpus_files]
-    if not files:
-        raise ReforBertInputError("no corpus files given")
-    for file in files:
-        if not file.is_file():
-            raise ReforBertInputError("no such corpus file", file)
-    return files
-
-
-def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line number, text)`` of a UTF-8 file, naming file and line on invalid bytes."""
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                yield number, raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as error:
-                raise ReforBertInputError(
-                    f"invalid UTF-8 at byte {error.start} of the line", path, number
-                ) from None
-
-
-def iter_documents(path: Path) -> Iterator[list[str]]:
-    """Yield each document's paragraph lines (the title line is dropped, see below)."""
-    document: list[str] = []
-    for _, line in iter_lines(path):
-        if line.strip():
-            document.append(line.strip())
-        elif document:
-            yield document[1:]
-            document = []
-    if document:
-        yield document[1:]
-    # The title is dropped: it is not a sentence and the first paragraph nearly always repeats it.
-
-
-def split_sentences(paragraph: str) -> list[str]:
-    return [sentence for sentence in _SENTENCE_END.split(paragraph) if sentence]
+# Sampling the corpus's sentences (read by ``reforbert.data.corpus``)
 
 
 def iter_sentences(files: Iterable[Path]) -> Iterator[str]:
@@ -160,7 +119,16 @@ def _train_sentencepiece(sentence_file: Path, prefix: Path, pieces: int, model_t
     )
 
 
-def build_fast_tokenizer(model_file: Path, model_max_length: int):
+def default_model_max_length() -> int:
+    """The longest input a ReforBERT of the default shape takes (its axial positions, 65,536).
+
+    The saved tokenizer declares this, not the pretraining length: ``tokenizer(text, truncation=True)``
+    then keeps a long document whole (as the model can take it) instead of cutting it at 128 or 512.
+    """
+    return ReforBertConfig().max_position_embeddings
+
+
+def build_fast_tokenizer(model_file: Path, model_max_length: int | None = None):
     """A ``PreTrainedTokenizerFast`` that reproduces SentencePiece's ids and adds BERT's template."""
     from sentencepiece import sentencepiece_model_pb2
     from tokenizers import AddedToken
@@ -183,9 +151,11 @@ def build_fast_tokenizer(model_file: Path, model_max_length: int):
     return wrap_as_bert_tokenizer(tokenizer, model_max_length)
 
 
-def wrap_as_bert_tokenizer(tokenizer, model_max_length: int = 512):
+def wrap_as_bert_tokenizer(tokenizer, model_max_length: int | None = None):
     """A ``tokenizers.Tokenizer`` with ReforBERT's special ids as a Hugging Face fast tokenizer that
-    encodes ``[CLS] A [SEP]`` and ``[CLS] A [SEP] B [SEP]`` with segment ids 0 / 1, as BERT does."""
+    encodes ``[CLS] A [SEP]`` and ``[CLS] A [SEP] B [SEP]`` with segment ids 0 / 1, as BERT does.
+
+    ``model_max_length`` defaults to what the default model takes (:func:`default_model_max_length`)."""
     from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
 
@@ -204,16 +174,44 @@ def wrap_as_bert_tokenizer(tokenizer, model_max_length: int = 512):
         sep_token="[SEP]",
         cls_token="[CLS]",
         mask_token="[MASK]",
-        model_max_length=model_max_length,
+        model_max_length=model_max_length or default_model_max_length(),
         model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
+
+
+def set_model_max_length(folder: str | Path, model_max_length: int) -> None:
+    """Make the Hugging Face tokenizer files in ``folder`` declare ``model_max_length``.
+
+    For a model folder, whose tokenizer should say what that model takes, whatever the vocabulary
+    folder it was copied from declared (folders made before this rule said the pretraining length).
+    """
+    path = Path(folder) / "tokenizer_config.json"
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    settings["model_max_length"] = model_max_length
+    path.write_text(json.dumps(settings, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def load_sentencepiece(model_file: Path):
+    """The SentencePiece processor of a vocabulary; refuses a damaged model or one without our specials."""
+    import sentencepiece as spm
+
+    if not model_file.is_file():
+        raise ReforBertInputError("vocabulary model is missing (run `reforbert vocab`)", model_file)
+    try:
+        processor = spm.SentencePieceProcessor(model_file=str(model_file))
+    except (RuntimeError, OSError) as error:
+        raise ReforBertInputError(f"not a SentencePiece model ({error})", model_file) from None
+    for piece, index in SPECIAL_TOKENS.items():
+        if index >= processor.get_piece_size() or processor.id_to_piece(index) != piece:
+            raise ReforBertInputError(f"not a ReforBERT vocabulary: id {index} is not {piece}", model_file)
+    return processor
 
 
 def check_special_ids(folder: Path) -> int:
     """Verify the fixed special ids in both tokenizers; return the total vocabulary size."""
     import sentencepiece as spm
 
-    processor = spm.SentencePieceProcessor(model_file=str(folder / MODEL_FILE))
+    processor = spm.SentencePieceProcessor(model_file=str(folder / SENTENCEPIECE_MODEL_FILE))
     for piece, index in SPECIAL_TOKENS.items():
         if processor.id_to_piece(index) != piece:
             raise RuntimeError(f"{piece} landed on id {processor.piece_to_id(piece)}, expected {index}")
@@ -228,7 +226,7 @@ def train_vocab(
     model_type: str = "bpe",
     sample_sentences: int = DEFAULT_SAMPLE_SENTENCES,
     seed: int = 0,
-    model_max_length: int = 512,
+    model_max_length: int | None = None,
     progress: bool = True,
     overwrite: bool = False,
 ) -> Path:
@@ -267,12 +265,12 @@ def train_vocab(
             if message is None:
                 raise
             raise ReforBertInputError(message, files[0] if len(files) == 1 else None) from None
-        shutil.copyfile(prefix.with_suffix(".model"), folder / MODEL_FILE)
-        shutil.copyfile(prefix.with_suffix(".vocab"), folder / VOCAB_FILE)
+        shutil.copyfile(prefix.with_suffix(".model"), folder / SENTENCEPIECE_MODEL_FILE)
+        shutil.copyfile(prefix.with_suffix(".vocab"), folder / SENTENCEPIECE_VOCAB_FILE)
         total = check_special_ids(folder)
         if total != vocab_size + NUM_SPECIAL_TOKENS:
             raise RuntimeError(f"trained {total} pieces, expected {vocab_size + NUM_SPECIAL_TOKENS}")
-        build_fast_tokenizer(folder / MODEL_FILE, model_max_length).save_pretrained(folder)
+        build_fast_tokenizer(folder / SENTENCEPIECE_MODEL_FILE, model_max_length).save_pretrained(folder)
     print(
         f"vocabulary of {total} pieces ({model_type}) from {len(files)} file(s), "
         f"{min(seen, sample_sentences)} of {seen} sentences sampled -> {output_dir}"
@@ -285,29 +283,42 @@ def train_vocab(
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("corpus", nargs="+", help="corpus text files (output of `reforbert corpus`)")
-    parser.add_argument("--output", "-o", required=True, help="vocabulary folder to write")
+    from reforbert.cli import add_example
+
+    parser.add_argument(
+        "corpus", nargs="+", help="The corpus text files to learn from (made by `reforbert corpus`)."
+    )
+    parser.add_argument("--output", "-o", required=True, help="The vocabulary folder to write.")
     parser.add_argument(
         "--vocab-size",
         type=int,
         default=DEFAULT_PIECES,
-        help="pieces besides the 7 specials (default %(default)s)",
+        help="The number of pieces besides the 7 specials (default %(default)s).",
     )
-    parser.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
+    parser.add_argument(
+        "--model-type",
+        choices=("bpe", "unigram"),
+        default="bpe",
+        help="The SentencePiece algorithm (default %(default)s).",
+    )
     parser.add_argument(
         "--sample-sentences",
         type=int,
         default=DEFAULT_SAMPLE_SENTENCES,
-        help="train on a seeded uniform sample of this many sentences (default %(default)s)",
+        help="Train on a seeded uniform sample of this many sentences (default %(default)s).",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="The seed of the sentence sample (default %(default)s)."
+    )
     parser.add_argument(
         "--model-max-length",
         type=int,
-        default=512,
-        help="the Hugging Face tokenizer's model_max_length (default %(default)s)",
+        default=None,
+        help="The longest input, in tokens, that the saved Hugging Face tokenizer declares (default: "
+        f"{default_model_max_length():,}, what the default model's positions take).",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing output folder.")
+    add_example(parser, "reforbert vocab corpus/kowiki.txt -o vocab")
 
 
 def run(args: argparse.Namespace) -> int:

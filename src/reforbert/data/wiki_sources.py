@@ -8,11 +8,11 @@ the line (or, for a compressed stream, the byte offset) where reading stopped.
 from __future__ import annotations
 
 import bz2
-import hashlib
 import html
 import http.client
 import os
 import re
+import sys
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -24,6 +24,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from reforbert.errors import ReforBertInputError
+from reforbert.fileio import ALLOW_UNVERIFIED_FLAG, check_download, file_digest
 
 DEFAULT_DUMP_URL = "https://dumps.wikimedia.org/kowiki/latest/kowiki-latest-pages-articles.xml.bz2"
 # Wikimedia publishes one checksum file per dump run, listing every file of the run.
@@ -209,14 +210,6 @@ def _iter_extracted_file(path: Path, progress: Progress | None) -> Iterator[tupl
 _HASH_BY_HEX_LENGTH = {32: "md5", 40: "sha1", 64: "sha256"}
 
 
-def file_digest(path: str | Path, algorithm: str, block_size: int = 1 << 20) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        while block := handle.read(block_size):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def published_checksum(checksums_url: str, file_name: str, timeout: float = 60) -> tuple[str, str]:
     """(algorithm, hex digest) of ``file_name`` in a ``<hex>  <name>`` checksum list (md5sums/sha1sums)."""
     try:
@@ -240,6 +233,8 @@ def download_dump(
     sha1: str | None = None,
     md5: str | None = None,
     checksums_url: str | None = None,
+    allow_unverified: bool = False,
+    accept_mismatch: bool = False,
     timeout: float = 60,
     chunk_size: int = 1 << 20,
     show_progress: bool = True,
@@ -249,20 +244,32 @@ def download_dump(
     Bytes arrive in ``destination + ".part"``, which is renamed only after the checksum matches,
     so the final name never holds an incomplete or corrupt file. An interrupted run leaves the
     ``.part`` file; the next run asks the server only for the missing bytes (HTTP Range).
+    The checksum policy is that of every ReforBERT download (:func:`reforbert.fileio.check_download`):
+    without a known checksum nothing is fetched unless ``allow_unverified``; a mismatch is refused
+    unless ``accept_mismatch``.
     """
     destination = Path(destination)
     expected = _expected_checksum(url, sha1=sha1, md5=md5, checksums_url=checksums_url, timeout=timeout)
+    if expected is None and not allow_unverified:
+        raise ReforBertInputError(
+            f"no checksum known for this download; pass --sha1, --md5 or --checksums-url, "
+            f"or {ALLOW_UNVERIFIED_FLAG} to fetch it unverified",
+            url,
+        )
     if destination.exists():
         if expected is not None:
-            _verify(destination, expected, remove_on_mismatch=False)
+            _verify(destination, expected, accept_mismatch=accept_mismatch, remove_on_mismatch=False)
         return destination
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".part")
     _fetch_with_resume(url, partial, timeout=timeout, chunk_size=chunk_size, show_progress=show_progress)
     if expected is not None:
-        _verify(partial, expected, remove_on_mismatch=True, reported_path=destination)
+        _verify(
+            partial, expected, accept_mismatch=accept_mismatch, remove_on_mismatch=True, shown_as=destination
+        )
     else:
-        print(f"warning: no checksum given for {url}; the download was not verified")
+        digest = file_digest(partial)
+        print(f"warning: {url} was not verified (no checksum known); its sha256 is {digest}", file=sys.stderr)
     os.replace(partial, destination)
     return destination
 
@@ -282,19 +289,21 @@ def _expected_checksum(
 
 
 def _verify(
-    path: Path, expected: tuple[str, str], *, remove_on_mismatch: bool, reported_path: Path | None = None
+    path: Path,
+    expected: tuple[str, str],
+    *,
+    accept_mismatch: bool,
+    remove_on_mismatch: bool,
+    shown_as: Path | None = None,
 ) -> None:
     algorithm, want = expected
     got = file_digest(path, algorithm)
-    if got == want:
-        return
     note = ""
-    if remove_on_mismatch:
+    if got != want and remove_on_mismatch and not accept_mismatch:
         # A corrupt partial file would be resumed forever; start over next time.
         path.unlink()
-        note = "; the download was removed, run again to fetch it anew"
-    raise ReforBertInputError(f"{algorithm} checksum mismatch: expected {want}, got {got}{note}",
-                              reported_path or path)
+        note = "the download was removed, run again to fetch it anew"
+    check_download(shown_as or path, algorithm, want, got, accept_mismatch=accept_mismatch, note=note)
 
 
 def _fetch_with_resume(
@@ -323,9 +332,17 @@ def _fetch_with_resume(
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
         received = offset
-        with open(partial, mode) as handle, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, desc="download", disable=not show_progress
-        ) as bar:
+        with (
+            open(partial, mode) as handle,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                desc="download",
+                disable=not show_progress,
+            ) as bar,
+        ):
             try:
                 while chunk := response.read(chunk_size):
                     handle.write(chunk)

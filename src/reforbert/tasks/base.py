@@ -81,6 +81,10 @@ class Task(ABC):
     ) -> EncodedSplit:
         """Turn examples into model inputs; ``training`` false keeps what scoring needs in metadata."""
 
+    def dropped_in_training(self) -> dict[str, int]:
+        """Examples the last training ``encode`` left out, counted by reason (none by default)."""
+        return {}
+
     @abstractmethod
     def score(
         self, examples: Sequence[Any], encoded: EncodedSplit, predictions: np.ndarray | tuple[np.ndarray, ...]

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from reforbert.errors import ReforBertInputError
+from reforbert.fileio import iter_utf8_lines
 from reforbert.tasks import metrics
 from reforbert.tasks.base import EncodedSplit, Task
 
@@ -44,26 +45,21 @@ def iter_tsv_rows(
     path = Path(path)
     if not path.is_file():
         raise ReforBertInputError("no such file", path)
-    with open(path, encoding="utf-8", newline="\n") as handle:
-        try:
-            for line_number, line in enumerate(handle, start=1):
-                line = line.rstrip("\r\n")
-                if line_number == 1 and header is not None:
-                    if line.lstrip("\ufeff").split("\t") != list(header):
-                        raise ReforBertInputError(
-                            f"expected the header {'<TAB>'.join(header)!r}, found {line[:80]!r}", path, 1
-                        )
-                    continue
-                if not line.strip():
-                    continue
-                fields = line.split("\t")
-                if len(fields) != num_fields:
-                    raise ReforBertInputError(
-                        f"expected {num_fields} tab-separated fields, found {len(fields)}", path, line_number
-                    )
-                yield line_number, fields
-        except UnicodeDecodeError as error:
-            raise ReforBertInputError(f"not UTF-8 text ({error.reason})", path) from error
+    for line_number, line in iter_utf8_lines(path):
+        if line_number == 1 and header is not None:
+            if line.lstrip("\ufeff").split("\t") != list(header):
+                raise ReforBertInputError(
+                    f"expected the header {'<TAB>'.join(header)!r}, found {line[:80]!r}", path, 1
+                )
+            continue
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != num_fields:
+            raise ReforBertInputError(
+                f"expected {num_fields} tab-separated fields, found {len(fields)}", path, line_number
+            )
+        yield line_number, fields
 
 
 class TsvClassificationTask(Task):
@@ -83,6 +79,8 @@ class TsvClassificationTask(Task):
     # label string in the file -> label name; ids follow this order. None means a float score.
     label_values: ClassVar[dict[str, str] | None]
     score_range: ClassVar[tuple[float, float]] = (0.0, 5.0)
+    # What ``keep_row`` drops, in the words of the run's log and of the error when nothing is left.
+    dropped_row_kind: ClassVar[str] = "placeholder rows"
 
     def __init__(self) -> None:
         # Rows that ``read`` dropped on purpose (e.g. untranslated PAWS-X rows), for the run's log.
@@ -128,7 +126,14 @@ class TsvClassificationTask(Task):
             label = self.parse_label(fields[self.label_column].strip(), path, line)
             examples.append(SentenceExample(fields[self.text_a_column], text_b, label, line))
         if self.dropped_rows:
-            logger.info("%s: dropped %d placeholder rows, kept %d", path, self.dropped_rows, len(examples))
+            logger.info(
+                "%s: dropped %d %s, kept %d", path, self.dropped_rows, self.dropped_row_kind, len(examples)
+            )
+        if not examples and self.dropped_rows:
+            raise ReforBertInputError(
+                f"no examples left: all {self.dropped_rows} rows were dropped as {self.dropped_row_kind}",
+                path,
+            )
         if not examples:
             raise ReforBertInputError("no examples in the file", path)
         return examples

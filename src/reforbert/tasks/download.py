@@ -1,9 +1,10 @@
 """``reforbert data download TASK``: fetch a benchmark's original files from their public homes.
 
 Every file whose SHA-256 is known is verified before it appears under its final name; a mismatch
-leaves nothing behind. Files with no recorded checksum (the large official training files) are
-fetched only with ``--allow-unverified``, and their checksum is printed so that it can be recorded.
-Existing files are never replaced without ``--overwrite``.
+leaves nothing behind unless ``--accept-checksum-mismatch`` keeps it (with a warning), the policy
+``reforbert corpus --download`` follows too. Files with no recorded checksum (the large official
+training files) are fetched only with ``--allow-unverified``, and their checksum is printed so that
+it can be recorded. Existing files are never replaced without ``--overwrite``.
 
 Naver NER is not downloadable: Naver restricts its data to research and contest use with no
 redistribution, and the benchmark's converted split has no official public home.
@@ -12,7 +13,6 @@ redistribution, and the benchmark's converted split has no official public home.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import tarfile
 import tempfile
@@ -26,7 +26,14 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from reforbert.errors import ReforBertInputError
-from reforbert.fileio import atomic_file, refuse_to_overwrite
+from reforbert.fileio import (
+    ACCEPT_MISMATCH_FLAG,
+    ALLOW_UNVERIFIED_FLAG,
+    atomic_file,
+    check_download,
+    refuse_to_overwrite,
+    stream_digest,
+)
 
 
 @dataclass(frozen=True)
@@ -116,13 +123,8 @@ _NOT_DOWNLOADABLE = {
 
 
 def _copy_hashing(source: BinaryIO, destination: BinaryIO, total: int | None, label: str) -> str:
-    digest = hashlib.sha256()
     with tqdm(total=total, unit="B", unit_scale=True, desc=label, leave=False) as progress:
-        while block := source.read(1 << 20):
-            digest.update(block)
-            destination.write(block)
-            progress.update(len(block))
-    return digest.hexdigest()
+        return stream_digest(source, "sha256", copy_to=destination, on_block=progress.update)
 
 
 def _fetch_to(url: str, destination: BinaryIO, label: str, timeout: float) -> str:
@@ -140,16 +142,20 @@ def download_files(
     overwrite: bool = False,
     allow_unverified: bool = False,
     timeout: float = 60.0,
+    accept_mismatch: bool = False,
 ) -> dict[str, str]:
     """Download ``files`` into ``output_dir``; return {file name: sha256} of what was written.
 
-    Each file is written under a temporary name and renamed only after its checksum matched.
+    Each file is written under a temporary name and renamed only after its checksum matched (or,
+    with ``accept_mismatch``, after a warning that it did not).
     """
     output_dir = Path(output_dir)
     wanted = [remote for remote in files if remote.sha256 is not None or allow_unverified]
     if not wanted:
         names = ", ".join(remote.name for remote in files)
-        raise ReforBertInputError(f"no recorded checksum for {names}; pass --allow-unverified to fetch them")
+        raise ReforBertInputError(
+            f"no recorded checksum for {names}; pass {ALLOW_UNVERIFIED_FLAG} to fetch them"
+        )
     for remote in wanted:  # refuse before fetching anything
         refuse_to_overwrite(output_dir / remote.name, overwrite)
     written: dict[str, str] = {}
@@ -168,11 +174,14 @@ def download_files(
                             _fetch_to(remote.url, archive_handle, Path(remote.url).name, timeout)
                         archives[remote.url] = archive
                     actual = _extract_member(archives[remote.url], remote, handle)
-                if remote.sha256 is not None and actual != remote.sha256:
-                    raise ReforBertInputError(
-                        f"checksum mismatch for {remote.url}: expected sha256 {remote.sha256}, got {actual}; "
-                        "nothing was written",
+                if remote.sha256 is not None:
+                    check_download(
                         target,
+                        "sha256",
+                        remote.sha256,
+                        actual,
+                        accept_mismatch=accept_mismatch,
+                        note=f"nothing was written (from {remote.url})",
                     )
             written[remote.name] = actual
     finally:
@@ -197,41 +206,81 @@ def _extract_member(archive: Path, remote: RemoteFile, destination: BinaryIO) ->
 
 
 def download_task(
-    task: str, output_dir: str | Path, overwrite: bool = False, allow_unverified: bool = False
+    task: str,
+    output_dir: str | Path,
+    overwrite: bool = False,
+    allow_unverified: bool = False,
+    accept_mismatch: bool = False,
 ) -> dict[str, str]:
     """Download the files of the benchmark registered as ``task`` into ``output_dir``."""
     if task not in SOURCES:
         raise ReforBertInputError(f"unknown task {task!r}; known tasks: {', '.join(SOURCES)}")
     if task in _NOT_DOWNLOADABLE:
         raise ReforBertInputError(f"{task} cannot be downloaded: {_NOT_DOWNLOADABLE[task]}")
-    return download_files(SOURCES[task], output_dir, overwrite=overwrite, allow_unverified=allow_unverified)
+    return download_files(
+        SOURCES[task],
+        output_dir,
+        overwrite=overwrite,
+        allow_unverified=allow_unverified,
+        accept_mismatch=accept_mismatch,
+    )
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    from reforbert.cli import add_example
+
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    download = actions.add_parser("download", help="Download a benchmark's files and verify their checksums.")
-    download.add_argument("task", choices=list(SOURCES), help="benchmark name")
-    download.add_argument(
-        "--output", type=Path, default=None, help="folder to write into (default: data/TASK)"
+    download = actions.add_parser(
+        "download",
+        help="Download a benchmark's files and verify their checksums.",
+        description="Download a benchmark's files and verify their SHA-256 checksums. A file whose "
+        "checksum differs from the recorded one is refused (nothing is written) unless "
+        f"{ACCEPT_MISMATCH_FLAG} is given; a file with no recorded checksum is fetched only with "
+        f"{ALLOW_UNVERIFIED_FLAG}.",
     )
-    download.add_argument("--overwrite", action="store_true", help="replace files that already exist")
+    download.add_argument("task", choices=list(SOURCES), help="The benchmark whose files to download.")
     download.add_argument(
-        "--allow-unverified",
+        "--output",
+        "-o",
+        type=Path,
+        default=None,
+        help="The folder to write the files into (default: data/TASK).",
+    )
+    download.add_argument("--overwrite", action="store_true", help="Replace files that already exist.")
+    download.add_argument(
+        ALLOW_UNVERIFIED_FLAG,
         action="store_true",
-        help="also fetch the official files that have no recorded checksum (printed after download)",
+        help="Also fetch the official files that have no recorded checksum; their checksum is printed "
+        "after the download so that it can be recorded.",
     )
+    download.add_argument(
+        ACCEPT_MISMATCH_FLAG,
+        action="store_true",
+        dest="accept_mismatch",
+        help="Keep a file whose checksum differs from the recorded one, with a warning, instead of "
+        "refusing it.",
+    )
+    for command in (parser, download):
+        add_example(command, "reforbert data download korsts --output data/korsts")
 
 
 def run(args: argparse.Namespace) -> int:
     output_dir = args.output if args.output is not None else Path("data") / args.task
     written = download_task(
-        args.task, output_dir, overwrite=args.overwrite, allow_unverified=args.allow_unverified
+        args.task,
+        output_dir,
+        overwrite=args.overwrite,
+        allow_unverified=args.allow_unverified,
+        accept_mismatch=args.accept_mismatch,
     )
-    verified = {remote.name for remote in SOURCES[args.task] if remote.sha256 is not None}
+    recorded = {remote.name: remote.sha256 for remote in SOURCES[args.task]}
     for name, digest in written.items():
-        status = "verified" if name in verified else "NOT verified (no recorded checksum)"
+        if recorded[name] is None:
+            status = "NOT verified (no recorded checksum)"
+        else:
+            status = "verified" if digest == recorded[name] else "kept DESPITE a checksum mismatch"
         print(f"{output_dir / name}  sha256 {digest}  {status}")
     skipped = [remote.name for remote in SOURCES[args.task] if remote.name not in written]
     if skipped:
-        print(f"skipped (no recorded checksum; pass --allow-unverified): {', '.join(skipped)}")
+        print(f"skipped (no recorded checksum; pass {ALLOW_UNVERIFIED_FLAG}): {', '.join(skipped)}")
     return 0

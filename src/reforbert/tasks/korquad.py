@@ -89,6 +89,11 @@ class KorQuadTask(Task):
     def label_names(self) -> list[str]:
         return []
 
+    def dropped_in_training(self) -> dict[str, int]:
+        if not self.misaligned_answers:
+            return {}
+        return {"whose answer text is not at its answer_start": self.misaligned_answers}
+
     def read(self, path: str | Path) -> list[QaExample]:
         path = Path(path)
         if not path.is_file():
@@ -144,8 +149,10 @@ class KorQuadTask(Task):
                         _require(
                             isinstance(answer, dict)
                             and isinstance(answer.get("text"), str)
-                            and isinstance(answer.get("answer_start"), int),
-                            f'question {question_id}: each answer needs "text" and an integer "answer_start"',
+                            and isinstance(answer.get("answer_start"), int)
+                            and not isinstance(answer["answer_start"], bool)
+                            and answer["answer_start"] >= 0,
+                            f'question {question_id}: an answer needs "text" and "answer_start" >= 0',
                             path,
                         )
                         parsed.append((answer["text"], answer["answer_start"]))
@@ -239,7 +246,7 @@ class KorQuadTask(Task):
                 if window_end >= len(context_ids):
                     break
                 window_start += min(self.doc_stride, room)
-        if self.misaligned_answers:
+        if self.misaligned_answers and model_inputs:  # with nothing left, the caller's error says it
             logger.warning("%d answers do not match their context at answer_start", self.misaligned_answers)
         return EncodedSplit(model_inputs=model_inputs, metadata=metadata)
 

@@ -4,10 +4,10 @@ File: one sentence per line, ``words<TAB>tags``, words and tags separated by spa
 each, no header. Tags are suffix style (``PER-B``, ``PER-I``, ``O``); seqeval scores them after
 conversion to ``B-PER``.
 
-A word's label goes on its first sub-word; its other sub-words (and the special tokens) get -100 so
-that neither the loss nor the score sees them. The prediction for a word is the prediction on its
-first sub-word. Words cut off by the maximum length are predicted ``O`` and still scored, so a short
-``max_seq_length`` costs recall instead of silently shrinking the test set.
+A word's label goes on its first sub-word; its other sub-words (and the special tokens) get
+``IGNORE_INDEX`` so that neither the loss nor the score sees them. The prediction for a word is the
+prediction on its first sub-word. Words cut off by the maximum length are predicted ``O`` and still
+scored, so a short ``max_seq_length`` costs recall instead of silently shrinking the test set.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from reforbert.configuration_reforbert import IGNORE_INDEX
 from reforbert.errors import ReforBertInputError
+from reforbert.fileio import iter_utf8_lines
 from reforbert.tasks import metrics
 from reforbert.tasks.base import EncodedSplit, Task, TaskDefaults
 
-IGNORED_LABEL = -100
 OUTSIDE = "O"
 # The challenge's 14 entity types, in the order the benchmark's label list uses.
 ENTITY_TYPES = (
@@ -72,13 +73,7 @@ class NaverNerTask(Task):
             raise ReforBertInputError("no such file", path)
         allowed = set(NER_LABELS)
         sentences = []
-        with open(path, encoding="utf-8", newline="\n") as handle:
-            try:
-                lines = list(handle)
-            except UnicodeDecodeError as error:
-                raise ReforBertInputError(f"not UTF-8 text ({error.reason})", path) from error
-        for line_number, line in enumerate(lines, start=1):
-            line = line.rstrip("\r\n")
+        for line_number, line in iter_utf8_lines(path):
             if not line.strip():
                 continue
             fields = line.split("\t")
@@ -118,7 +113,7 @@ class NaverNerTask(Task):
         model_inputs, metadata = [], []
         for index, sentence in enumerate(examples):
             word_ids = encoded.word_ids(index)
-            labels = [IGNORED_LABEL] * len(word_ids)
+            labels = [IGNORE_INDEX] * len(word_ids)
             # first_subword[w] = position of word w's first sub-word; absent for words truncated away
             # (or, with an odd tokenizer, words that produced no sub-word at all).
             first_subword: dict[int, int] = {}

@@ -25,6 +25,7 @@ class PawsTask(TsvClassificationTask):
     text_b_column = 2
     label_column = 3
     label_values = {"0": "not_paraphrase", "1": "paraphrase"}
+    dropped_row_kind = f"untranslated ({UNTRANSLATED}) rows"
 
     def keep_row(self, fields: list[str]) -> bool:
         return UNTRANSLATED not in (fields[1].strip(), fields[2].strip())

@@ -1,0 +1,192 @@
+"""The kowiki_mini fine-tuning protocol: its splits, its choice of settings, and one tiny run end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from reforbert.configuration_reforbert import ReforBertConfig
+from reforbert.modeling_reforbert import ReforBertForPreTraining
+from reforbert.tasks import TASKS, get_task
+
+RUN_PY = Path(__file__).resolve().parents[1] / "experiments" / "kowiki_mini" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    spec = importlib.util.spec_from_file_location("kowiki_mini_run", RUN_PY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def write_nsmc(path: Path, n: int) -> None:
+    """Positive exactly when the review holds 좋다."""
+    rng = random.Random(0)
+    lines = ["id\tdocument\tlabel"]
+    for index in range(n):
+        words = [rng.choice(["영화", "배우", "장면", "이야기", "음악"]) for _ in range(rng.randint(2, 4))]
+        if index % 2:
+            words.insert(rng.randrange(len(words) + 1), "좋다")
+        lines.append(f"{1000 + index}\t{' '.join(words)}\t{index % 2}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_protocol_split_is_fixed_across_seeds_and_tuning_never_touches_the_reported_split(
+    experiment, tmp_path, monkeypatch
+):
+    path = tmp_path / "nsmc.txt"
+    write_nsmc(path, 200)
+    examples = get_task("nsmc").read(path)
+    monkeypatch.setitem(TASKS, "nsmc", TASKS["nsmc"])  # restored after the test
+
+    reported_ids = []
+    for seed in (1, 2, 3):
+        experiment.install_protocol_split("nsmc", 0.1, None, None)
+        train, reported = get_task("nsmc").split_dev(examples, 0.5, seed)  # fraction and seed are ignored
+        reported_ids.append([example.line for example in reported])
+        assert len(reported) == 20 and len(train) == 180
+    assert reported_ids[0] == reported_ids[1] == reported_ids[2]
+
+    carves = experiment.install_protocol_split("nsmc", 0.1, 0.1, 5)
+    tuning_train, tuning = get_task("nsmc").split_dev(examples, 0.1, 7)
+    assert carves == [(162, 18, 5)]  # 18 of the 180 training examples carved, 5 of them sampled
+    tuning_lines = {example.line for example in tuning}
+    assert not tuning_lines & set(reported_ids[0])
+    assert not {example.line for example in tuning_train} & (tuning_lines | set(reported_ids[0]))
+
+
+def write_sweep_result(folder: Path, name: str, main: float, f1: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {
+        "task": "korquad",
+        "main_metric": "exact_match",
+        "metrics": {"exact_match": main, "f1": f1},
+        "split": {"description": "tuning split"},
+    }
+    (folder / name).write_text(json.dumps(data), encoding="utf-8")
+
+
+def test_choice_takes_the_best_tuning_score_and_records_failures(experiment, tmp_path):
+    sweep = tmp_path / "sweep" / "pretrained"
+    write_sweep_result(sweep, "korquad.lr0.0001.ep2.json", 10.0, 30.0)
+    write_sweep_result(sweep, "korquad.lr0.0003.ep2.json", 12.0, 31.0)
+    write_sweep_result(sweep, "korquad.lr0.0003.ep4.json", 12.0, 35.0)  # same EM: F1 breaks the tie
+    experiment.write_failure(sweep / "korquad.lr0.001.ep2.json", "korquad", 1, 137, "logs/x.log")
+    args = experiment.build_parser().parse_args(
+        [
+            "--out",
+            str(tmp_path),
+            "--tasks",
+            "korquad",
+            "--learning-rates",
+            "1e-4",
+            "3e-4",
+            "1e-3",
+            "--epochs",
+            "2",
+            "4",
+        ]
+    )
+    choice = experiment.choose(args)
+    korquad = choice["rows"]["pretrained"]["korquad"]
+    assert (korquad["learning_rate"], korquad["epochs"], korquad["tuning_score"]) == (3e-4, 4.0, 12.0)
+    assert len(korquad["candidates"]) == 4
+    assert [c["failure"]["exit_code"] for c in korquad["candidates"] if "failure" in c] == [137]
+    # Without a sweep of its own the control takes the pretrained row's setting.
+    setting = experiment.chosen_setting(choice, "control", "korquad")
+    assert setting["learning_rate"] == 3e-4 and setting["chosen_for"] == "pretrained"
+
+
+@pytest.mark.slow
+def test_sweep_finetune_report_end_to_end(experiment, tmp_path, tiny_tokenizer):
+    model_dir = tmp_path / "model"
+    torch.manual_seed(0)
+    config = ReforBertConfig.from_preset(
+        "tiny", vocab_size=len(tiny_tokenizer), hidden_size=32, num_attention_heads=2, intermediate_size=64
+    )
+    # Stored in fp16 as the released checkpoint is.
+    ReforBertForPreTraining(config).half().save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "data"
+    write_nsmc(data / "tasks" / "nsmc" / "ratings_train.proxy.txt", 60)
+    # No Question Pair files: its runs fail, and the table has to say so.
+    out, work = tmp_path / "out", tmp_path / "work"
+
+    code = experiment.main(
+        [
+            "--model",
+            str(model_dir),
+            "--data-dir",
+            str(data),
+            "--out",
+            str(out),
+            "--work-dir",
+            str(work),
+            "--tasks",
+            "nsmc",
+            "question-pair",
+            "--seeds",
+            "1",
+            "2",
+            "--learning-rates",
+            "1e-3",
+            "--epochs",
+            "1",
+            "--time-budget-minutes",
+            "1",
+            "--parallel",
+            "2",
+            "--threads-per-job",
+            "1",
+        ]
+    )
+    assert code == 1  # some runs failed
+
+    choice = json.loads((out / "sweep" / "choice.json").read_text(encoding="utf-8"))
+    assert choice["rows"]["pretrained"]["nsmc"]["learning_rate"] == 1e-3
+    assert choice["rows"]["pretrained"]["question-pair"]["learning_rate"] is None
+    tuning = json.loads((out / "sweep" / "pretrained" / "nsmc.lr0.001.ep1.json").read_text(encoding="utf-8"))
+    # 60 rows: 6 reported, then 5 of the other 54 to tune on.
+    assert tuning["split"]["kind"] == "tuning" and tuning["num_eval_examples"] == 5
+
+    for row in ("pretrained", "control"):
+        for seed in (1, 2):
+            result = json.loads((out / "results" / row / f"nsmc.seed{seed}.json").read_text(encoding="utf-8"))
+            assert result["split"]["description"] == "carved dev of 10% of ratings_train.proxy.txt by seed 42"
+            assert result["num_eval_examples"] == 6 and result["num_train_examples"] == 54
+            assert result["hyperparameters"]["seed"] == seed
+            assert result["hyperparameters"]["learning_rate"] == 1e-3
+            failure = json.loads(
+                (out / "results" / row / f"question-pair.seed{seed}.json").read_text(encoding="utf-8")
+            )
+            assert failure["failure"]["log"].endswith(f"finetune-question-pair-{row}-seed{seed}.log")
+
+    pretrained = ReforBertForPreTraining.from_pretrained(work / "pretrained-model")
+    control = ReforBertForPreTraining.from_pretrained(work / "control-model")
+    original = ReforBertForPreTraining.from_pretrained(model_dir)
+    embedding = "reforbert.embeddings.word_embeddings.weight"
+    assert pretrained.state_dict()[embedding].dtype == control.state_dict()[embedding].dtype == torch.float32
+    assert torch.equal(pretrained.state_dict()[embedding], original.state_dict()[embedding].float())
+    assert not torch.equal(control.state_dict()[embedding], pretrained.state_dict()[embedding])
+    assert (work / "control-model" / "tokenizer.json").is_file()
+
+    table = (out / "RESULTS.md").read_text(encoding="utf-8")
+    assert table.count("FAILED (2 of 2 runs)") == 2  # Question Pair, both rows
+    assert "question-pair seed 1: not run: no learning rate chosen, log" in table
+    assert "(dev*, 6; n=2)" in table
+    assert "## Lift over same architecture, random init (control)" in table
+    assert (out / "RESULTS.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["jobs"]["sweep-question-pair-pretrained-lr0.001-ep1"]["exit_code"] == 2
+    assert summary["jobs"]["finetune-nsmc-control-seed2"]["exit_code"] == 0
+    assert set(summary["stages"]) == {"sweep", "finetune", "report"}
