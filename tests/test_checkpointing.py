@@ -98,3 +98,13 @@ def test_a_damaged_checkpoint_is_an_input_error_naming_it(tmp_path: Path) -> Non
     (folder / "trainer_state.json").write_text(json.dumps({"step": 1}))  # no optimizer or scheduler state
     with pytest.raises(ReforBertInputError, match="step-1.*cannot resume"):
         load_checkpoint(folder, training_objects(seed=0))
+
+
+@pytest.mark.parametrize("value", [None, "12", -1, 1.5, True])
+def test_a_trainer_state_step_that_is_not_a_count_is_named(value, tmp_path) -> None:
+    from reforbert.checkpointing import training_state_from
+
+    path = tmp_path / "trainer_state.json"
+    with pytest.raises(ReforBertInputError, match="'step' must be a number >= 0"):
+        training_state_from({"step": value, "epoch": 0}, path)
+    assert training_state_from({"step": 3, "elapsed_seconds": 2.5}, path).step == 3

@@ -240,5 +240,23 @@ def _restore(checkpoint: Path, objects: TrainingObjects) -> TrainingState:
         cuda_states = [rng[f"cuda.{i}"] for i in range(torch.cuda.device_count()) if f"cuda.{i}" in rng]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
-    fields = {f.name for f in dataclasses.fields(TrainingState)}
-    return TrainingState(**{k: v for k, v in trainer_state.items() if k in fields})
+    return training_state_from(trainer_state, checkpoint / "trainer_state.json")
+
+
+def training_state_from(trainer_state: dict[str, Any], path: Path) -> TrainingState:
+    """The :class:`TrainingState` fields of a trainer state, each checked to be a number >= 0 of its type.
+
+    A value edited to null or a string would load and only fail steps later, far from its cause.
+    """
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(TrainingState):
+        if field.name not in trainer_state:
+            continue
+        value = trainer_state[field.name]
+        wanted = (int,) if field.type in ("int", int) else (int, float)
+        if isinstance(value, bool) or not isinstance(value, wanted) or value < 0:
+            raise ReforBertInputError(
+                f"trainer state field {field.name!r} must be a number >= 0, got {value!r}", path
+            )
+        values[field.name] = value
+    return TrainingState(**values)

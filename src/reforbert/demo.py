@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from reforbert.configuration_reforbert import PRESETS
-from reforbert.errors import ReforBertInputError
+from reforbert.errors import ReforBertInputError, check_positive
 from reforbert.fileio import atomic_file
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
@@ -235,12 +235,6 @@ def copy_in_fp32(model_dir: Path, output: Path) -> int:
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
     return sum(parameter.numel() for parameter in model.parameters())
-
-
-def check_positive(**values: float | None) -> None:
-    for name, value in values.items():
-        if value is not None and value <= 0:
-            raise ReforBertInputError(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
 def finetune_stage(

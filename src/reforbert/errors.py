@@ -19,3 +19,10 @@ class ReforBertInputError(Exception):
         super().__init__(location + message)
         self.path = path
         self.line = line
+
+
+def check_positive(**values: float | None) -> None:
+    """Refuse a command-line number that must be positive; the keyword names the flag (``max_steps``)."""
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise ReforBertInputError(f"--{name.replace('_', '-')} must be positive, got {value}")

@@ -40,7 +40,7 @@ from transformers import (
 
 import reforbert  # registers the ReforBERT classes with the Auto* factories
 from reforbert.configuration_reforbert import ATTENTION_BACKENDS, IGNORE_INDEX
-from reforbert.errors import ReforBertInputError
+from reforbert.errors import ReforBertInputError, check_positive
 from reforbert.fileio import atomic_directory, atomic_file, refuse_to_overwrite, sha256_of
 from reforbert.tasks import TASKS, get_task
 
@@ -75,12 +75,6 @@ def check_evaluation_source(task_name: str, eval_file: Path | None, dev_fraction
         )
     if dev_fraction is not None and not 0.0 < dev_fraction < 1.0:
         raise ReforBertInputError(f"--dev-fraction must be between 0 and 1, got {dev_fraction}")
-
-
-def check_positive(**values: float | None) -> None:
-    for name, value in values.items():
-        if value is not None and value <= 0:
-            raise ReforBertInputError(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
 def load_splits(
