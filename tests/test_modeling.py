@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -32,6 +32,7 @@ from reforbert import (
     ReforBertModel,
 )
 from reforbert.configuration_reforbert import IGNORE_INDEX
+from reforbert.data.vocab import wrap_as_bert_tokenizer
 
 VOCAB = 40
 
@@ -437,21 +438,7 @@ def _tiny_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {**SPECIAL_TOKENS, **{word: len(SPECIAL_TOKENS) + i for i, word in enumerate(words)}}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", SPECIAL_TOKENS["[CLS]"]), ("[SEP]", SPECIAL_TOKENS["[SEP]"])],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        bos_token="[BOS]",
-        eos_token="[EOS]",
-        sep_token="[SEP]",
-        cls_token="[CLS]",
-        mask_token="[MASK]",
-    )
+    return wrap_as_bert_tokenizer(tokenizer)
 
 
 def test_fill_mask_pipeline_runs(tmp_path: Path):

@@ -271,21 +271,44 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def test_kill_and_resume_reproduces_the_uninterrupted_run(
-    tmp_path: Path, data_dir: Path, vocab_dir: Path, reference_run: Path
-) -> None:
-    from reforbert.pretraining import pretrain
-
-    run_dir = tmp_path / "killed"
+def start_slow_run(data_dir: Path, vocab_dir: Path, run_dir: Path) -> subprocess.Popen:
+    """The reference run's command in a subprocess whose steps are slowed down, to be interrupted."""
     command = [
         sys.executable,
         "-c",
         SLOW_CLI,
         *cli_command(data_dir, vocab_dir, run_dir, "--eval-steps", "4")[3:],
     ]
-    process = subprocess.Popen(
-        command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    return subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def resume_and_compare_with(reference_run: Path, data_dir: Path, vocab_dir: Path, run_dir: Path) -> None:
+    """Resume the interrupted ``run_dir`` to the end; its losses and weights must be the reference's."""
+    from reforbert.pretraining import pretrain
+
+    pretrain(
+        data_dir,
+        vocab_dir,
+        run_dir,
+        max_steps=8,
+        save_steps=3,
+        save_total_limit=2,
+        eval_steps=4,
+        resume=True,
+        **COMMON,
     )
+    reference, again = losses(reference_run), losses(run_dir)
+    assert sorted(again) == list(range(1, 9))
+    for step in reference:
+        assert abs(reference[step] - again[step]) <= 1e-6, (step, reference[step], again[step])
+    assert_same_weights(final_weights(reference_run), final_weights(run_dir), atol=1e-6)
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path, reference_run: Path
+) -> None:
+    run_dir = tmp_path / "killed"
+    process = start_slow_run(data_dir, vocab_dir, run_dir)
     # Kill at an arbitrary step after the first checkpoint (step 3) and before the end (step 8); the
     # deadline is generous because a busy machine can take minutes to start the subprocess.
     deadline = time.monotonic() + 300
@@ -304,22 +327,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(
     half.mkdir()
     (half / "model.safetensors").write_bytes(b"\0" * 10)
 
-    pretrain(
-        data_dir,
-        vocab_dir,
-        run_dir,
-        max_steps=8,
-        save_steps=3,
-        save_total_limit=2,
-        eval_steps=4,
-        resume=True,
-        **COMMON,
-    )
-    reference, again = losses(reference_run), losses(run_dir)
-    assert sorted(again) == list(range(1, 9))
-    for step in reference:
-        assert abs(reference[step] - again[step]) <= 1e-6, (step, reference[step], again[step])
-    assert_same_weights(final_weights(reference_run), final_weights(run_dir), atol=1e-6)
+    resume_and_compare_with(reference_run, data_dir, vocab_dir, run_dir)
     assert not half.exists()
 
 
@@ -703,18 +711,8 @@ def test_resume_from_a_run_folder_written_before_the_arguments_dataclass(
 def test_sigterm_finishes_the_step_saves_and_the_resumed_run_equals_the_uninterrupted_one(
     tmp_path: Path, data_dir: Path, vocab_dir: Path, reference_run: Path
 ) -> None:
-    from reforbert.pretraining import pretrain
-
     run_dir = tmp_path / "preempted"
-    command = [
-        sys.executable,
-        "-c",
-        SLOW_CLI,
-        *cli_command(data_dir, vocab_dir, run_dir, "--eval-steps", "4")[3:],
-    ]
-    process = subprocess.Popen(
-        command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    process = start_slow_run(data_dir, vocab_dir, run_dir)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if max(losses(run_dir) if (run_dir / "metrics.jsonl").exists() else {}, default=0) >= 2:
@@ -730,22 +728,7 @@ def test_sigterm_finishes_the_step_saves_and_the_resumed_run_equals_the_uninterr
     assert f"step-{stopped_at}" in last_line and (run_dir / "checkpoints" / f"step-{stopped_at}").is_dir()
     assert not (run_dir / "model").exists()
 
-    pretrain(
-        data_dir,
-        vocab_dir,
-        run_dir,
-        max_steps=8,
-        save_steps=3,
-        save_total_limit=2,
-        eval_steps=4,
-        resume=True,
-        **COMMON,
-    )
-    reference, again = losses(reference_run), losses(run_dir)
-    assert sorted(again) == list(range(1, 9))
-    for step in reference:
-        assert abs(reference[step] - again[step]) <= 1e-6, (step, reference[step], again[step])
-    assert_same_weights(final_weights(reference_run), final_weights(run_dir), atol=1e-6)
+    resume_and_compare_with(reference_run, data_dir, vocab_dir, run_dir)
 
 
 @pytest.fixture(scope="module")

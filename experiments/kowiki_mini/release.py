@@ -31,19 +31,15 @@ CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
 def stage_facts(run_dir: Path) -> dict:
     """Settings and totals of one `reforbert pretrain` run folder (all its invocations)."""
     settings = json.loads((run_dir / "run_settings.json").read_text(encoding="utf-8"))
-    seconds, last_elapsed, last = 0.0, 0.0, None
+    seconds, last_elapsed, last, evaluations = 0.0, 0.0, None, []
     for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
-        if "elapsed" not in record:
-            continue
-        if record["elapsed"] < last_elapsed:  # a resumed invocation restarts its clock
-            seconds += last_elapsed
-        last_elapsed, last = record["elapsed"], record
-    evaluations = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-        if '"eval_mlm_loss"' in line
-    ]
+        if "eval_mlm_loss" in record:
+            evaluations.append(record)
+        elif "elapsed" in record:
+            if record["elapsed"] < last_elapsed:  # a resumed invocation restarts its clock
+                seconds += last_elapsed
+            last_elapsed, last = record["elapsed"], record
     return {
         "max_seq_len": settings["max_seq_len"],
         "micro_batch_size": settings["micro_batch_size"],
