@@ -618,7 +618,8 @@ def test_a_recipe_fills_the_flags_not_given_and_run_settings_record_the_result(
 
     run_dir = tmp_path / "run"
     argv = cli_command(
-        data_dir, vocab_dir, run_dir, "--recipe", "budget-stage2-len128", "--max-steps", "1", "--no-progress"
+        data_dir, vocab_dir, run_dir, "--recipe", "budget-stage2-len128", "--max-steps", "1", "--no-progress",
+        "--no-compile",  # compiling takes most of a minute on 2 cores; test_modeling covers compile
     )
     assert cli.main(argv[3:]) == 0
     settings = json.loads((run_dir / "run_settings.json").read_text())
@@ -628,6 +629,7 @@ def test_a_recipe_fills_the_flags_not_given_and_run_settings_record_the_result(
     assert settings["model"]["hidden_dropout_prob"] == 0.0
     assert (settings["max_seq_len"], settings["global_batch_size"], settings["warmup_steps"]) == (64, 4, 2)
     assert settings["precision"] == "fp32"
+    assert settings["compile"] is False  # the explicit --no-compile beats the recipe
 
 
 # What the pretraining loop recorded in a checkpoint's settings before PretrainingArguments existed.

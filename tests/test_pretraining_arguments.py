@@ -66,10 +66,10 @@ def test_canonical_and_deprecated_spellings(capsys: pytest.CaptureFixture) -> No
 def test_a_recipe_supplies_defaults_that_explicit_flags_override() -> None:
     recipe = RECIPES["budget-stage2-len128"]
     args = parse(
-        "--recipe", "budget-stage2-len128", "--learning-rate", "2e-3", "--config", "hidden_dropout_prob=0.1"
+        "--recipe", "budget-stage2-len128", "--learning-rate", "7e-4", "--config", "hidden_dropout_prob=0.1"
     )
     assert args.recipe == "budget-stage2-len128"
-    assert args.learning_rate == 2e-3  # given
+    assert recipe["learning_rate"] != 7e-4 and args.learning_rate == 7e-4  # given
     assert (args.max_seq_len, args.global_batch_size, args.warmup_steps) == (
         recipe["max_seq_len"],
         recipe["global_batch_size"],
@@ -88,6 +88,8 @@ def test_a_recipe_supplies_defaults_that_explicit_flags_override() -> None:
         == "lsh"
     )
     assert parse("--recipe", "budget-stage2-len128", "--reversible").reversible is True
+    assert recipe["compile"] is True
+    assert parse("--recipe", "budget-stage2-len128", "--no-compile").compile is False
 
 
 def test_an_unknown_recipe_or_a_bad_value_is_a_one_line_error() -> None:

@@ -47,6 +47,7 @@ def stage_facts(run_dir: Path) -> dict:
         "learning_rate": settings["learning_rate"],
         "warmup_steps": settings["warmup_steps"],
         "schedule_steps": settings["schedule_steps"],
+        "compile": settings.get("compile", False),
         "steps": last["step"],
         "tokens": last["tokens_seen"],
         "minutes": (seconds + last_elapsed) / 60.0,
@@ -92,6 +93,7 @@ def reproduce_commands(stages: list[dict]) -> str:
             f"    --global-batch-size {stage['global_batch_size']} --micro-batch-size {micro} "
             f"--learning-rate {stage['learning_rate']:g} --warmup-steps {stage['warmup_steps']} "
             f"--max-steps {stage['schedule_steps']} --time-budget-minutes {stage['budget_minutes']:g}"
+            + (" --compile" if stage["compile"] else "")
         )
     return "\n".join(commands)
 
@@ -151,6 +153,7 @@ def main() -> None:
         "total_tokens": f"{sum(s['tokens'] for s in stages):,}",
         "total_minutes": f"{sum(s['minutes'] for s in stages):.1f}",
         "hardware": args.hardware,
+        "budget_minutes": " ".join(f"{minutes:g}" for minutes in args.budget_minutes),
         "heldout_instances": f"{scores['instances']:,}",
         "heldout_masked": f"{scores['masked_tokens']:,}",
         "mlm_loss": f"{scores['mlm_loss']:.3f}",

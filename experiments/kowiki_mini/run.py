@@ -637,7 +637,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary_path = args.out / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
     summary.setdefault("jobs", {})
-    summary["settings"] = {key: str(value) for key, value in vars(args).items()}
+    settings = {key: str(value) for key, value in vars(args).items()}
+    # Settings are kept per stage: a later `--stages report` must not overwrite what the sweep and the
+    # finetune stage ran with (an older summary's single flat record is dropped).
+    summary["settings"] = {
+        stage: values for stage, values in summary.get("settings", {}).items() if isinstance(values, dict)
+    }
     choice_path = args.out / "sweep" / "choice.json"
     prepared, any_failed = False, False
     for stage in stages:
@@ -668,6 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             report(args)
         summary.setdefault("stages", {})[stage] = round(time.time() - started, 1)
+        summary["settings"][stage] = settings
         for record in records:
             summary["jobs"][record["job"]] = record
         summary_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
