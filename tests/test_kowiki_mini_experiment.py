@@ -190,3 +190,9 @@ def test_sweep_finetune_report_end_to_end(experiment, tmp_path, tiny_tokenizer):
     assert summary["jobs"]["sweep-question-pair-pretrained-lr0.001-ep1"]["exit_code"] == 2
     assert summary["jobs"]["finetune-nsmc-control-seed2"]["exit_code"] == 0
     assert set(summary["stages"]) == {"sweep", "finetune", "report"}
+
+    # A later report-only invocation records its own settings beside, not over, those the runs used.
+    assert experiment.main(["--model", str(model_dir), "--out", str(out), "--stages", "report"]) == 0
+    settings = json.loads((out / "summary.json").read_text(encoding="utf-8"))["settings"]
+    assert settings["sweep"]["learning_rates"] == settings["finetune"]["learning_rates"] == "[0.001]"
+    assert settings["report"]["stages"] == "report"

@@ -25,15 +25,19 @@ from reforbert.modeling_reforbert import ReforBertForPreTraining
 
 
 @torch.no_grad()
-def score(model_dir: Path, shards: Path, batch_size: int, mask_seed: int, mlm_probability: float) -> dict:
+def score(
+    model_dir: Path, shards: Path, batch_size: int, mask_seed: int, mlm_probability: float, attention: str
+) -> dict:
     model = ReforBertForPreTraining.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    model.config.attention_backend = "full"
+    model.config.attention_backend = attention
     dataset = open_pretraining_data(shards)
     collator = PretrainingCollator(model.config.vocab_size, mlm_probability=mlm_probability, seed=mask_seed)
     sums = dict(loss=0.0, masked=0, correct=0, replaced=0, correct_replaced=0, nsp_correct=0, pairs=0)
+    longest = 0
     for start in tqdm(range(0, len(dataset), batch_size), desc="held-out", unit="batch"):
         batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         labels = batch["labels"]
+        longest = max(longest, labels.shape[1])
         selected = labels != IGNORE_INDEX
         outputs = model(
             input_ids=batch["input_ids"],
@@ -56,6 +60,10 @@ def score(model_dir: Path, shards: Path, batch_size: int, mask_seed: int, mlm_pr
     return {
         "model": str(model_dir),
         "heldout_data": str(shards),
+        "attention": attention,
+        "lsh_bucket_size": model.config.lsh_bucket_size,
+        "lsh_num_hashes": model.config.lsh_num_hashes,
+        "longest_instance": longest,
         "instances": len(dataset),
         "mlm_probability": mlm_probability,
         "mask_seed": mask_seed,
@@ -79,8 +87,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="Instances per forward pass.")
     parser.add_argument("--mask-seed", type=int, default=1, help="The seed of the fixed masks.")
     parser.add_argument("--mlm-probability", type=float, default=0.15, help="The fraction of tokens masked.")
+    parser.add_argument(
+        "--attention",
+        choices=("full", "lsh"),
+        default="full",
+        help="Exact attention (as pretrained) or LSH attention over the same weights.",
+    )
     args = parser.parse_args()
-    scores = score(args.model_dir, args.shards, args.batch_size, args.mask_seed, args.mlm_probability)
+    scores = score(
+        args.model_dir, args.shards, args.batch_size, args.mask_seed, args.mlm_probability, args.attention
+    )
     text = json.dumps(scores, indent=1)
     print(text)
     if args.output:

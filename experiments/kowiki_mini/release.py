@@ -98,6 +98,26 @@ def reproduce_commands(stages: list[dict]) -> str:
     return "\n".join(commands)
 
 
+def lsh_comparison(paths: list[Path] | None) -> str:
+    """A sentence comparing held-out scores with exact and with LSH attention (heldout_mlm.py --attention)."""
+    if not paths:
+        return ""
+    scores = {}
+    for path in paths:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        scores[record["attention"]] = record
+    if set(scores) != {"full", "lsh"}:
+        raise SystemExit(f"--lsh-comparison needs one full and one lsh score file, got {sorted(scores)}")
+    full, lsh = scores["full"], scores["lsh"]
+    return (
+        f" On {full['instances']:,} held-out instances of up to {full['longest_instance']} tokens with the"
+        f" same masks, LSH attention (buckets of {lsh['lsh_bucket_size']}, {lsh['lsh_num_hashes']} rounds)"
+        f" scores MLM loss {lsh['mlm_loss']:.3f} and {100 * lsh['mlm_accuracy_at_mask']:.1f}% at `[MASK]`"
+        f" against {full['mlm_loss']:.3f} and {100 * full['mlm_accuracy_at_mask']:.1f}% with exact"
+        f" attention (NSP {100 * lsh['nsp_accuracy']:.1f}% against {100 * full['nsp_accuracy']:.1f}%)."
+    )
+
+
 def write_release(model_dir: Path, destination: Path, card: str) -> None:
     model = ReforBertForPreTraining.from_pretrained(str(model_dir), dtype=torch.float32)
     # Pretraining ran without dropout; fine-tuning starts from BERT's usual 0.1 on hidden states.
@@ -138,6 +158,13 @@ def main() -> None:
         default=platform.processor() or platform.machine(),
         help="What the stages ran on, for the card.",
     )
+    parser.add_argument(
+        "--lsh-comparison",
+        type=Path,
+        nargs=2,
+        metavar=("FULL_JSON", "LSH_JSON"),
+        help="heldout_mlm.py scores of the same instances with --attention full and lsh, for the card.",
+    )
     args = parser.parse_args()
     if len(args.budget_minutes) != len(args.stages):
         parser.error("give one --budget-minutes value per stage")
@@ -160,6 +187,7 @@ def main() -> None:
         "mlm_accuracy": f"{100 * scores['mlm_accuracy']:.1f}",
         "mlm_accuracy_at_mask": f"{100 * scores['mlm_accuracy_at_mask']:.1f}",
         "nsp_accuracy": f"{100 * scores['nsp_accuracy']:.1f}",
+        "lsh_comparison": lsh_comparison(args.lsh_comparison),
     }
     card = CARD_TEMPLATE.read_text(encoding="utf-8").format(**facts)
     write_release(args.stages[-1] / "model", args.destination, card)
