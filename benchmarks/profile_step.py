@@ -1,8 +1,9 @@
 """Where one training step of ``mini`` spends its CPU time: the operators, by self time.
 
-Builds ``ReforBertForMaskedLM`` as ``model_throughput.py`` does (random tokens, ~15% masked, AdamW),
-runs one warm-up step and profiles the next with ``torch.profiler``. Prints the table; the committed
-outputs sit beside the benchmark run they explain (``results/targets-cpu/profile-*.txt``).
+Builds the model, the batch and the loss exactly as ``model_throughput.py`` does for one of its
+ReforBERT configurations (fp32, on the CPU), runs one warm-up step and profiles the next with
+``torch.profiler``. Prints the table; the committed outputs sit beside the benchmark run they explain
+(``results/targets-cpu/profile-*.txt``).
 
     OMP_NUM_THREADS=2 python benchmarks/profile_step.py lsh 8192 1 --reversible
     OMP_NUM_THREADS=2 python benchmarks/profile_step.py full 512 8
@@ -14,12 +15,9 @@ import argparse
 
 import torch
 
-# The script's own folder is on sys.path: the model is laid out exactly as in the throughput benchmark.
-from model_throughput import BUCKET_SIZE, NUM_HASHES, axial_shape
+# The script's own folder is on sys.path.
+from model_throughput import BenchConfig, build_model, masked_batch
 from torch.profiler import ProfilerActivity, profile, record_function
-
-from reforbert.configuration_reforbert import IGNORE_INDEX, MASK_ID, NUM_SPECIAL_TOKENS, ReforBertConfig
-from reforbert.modeling_reforbert import ReforBertForMaskedLM
 
 
 def main() -> None:
@@ -33,26 +31,25 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=18, help="Operators to list.")
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    config = ReforBertConfig.from_preset(
-        "mini",
-        attention_backend=args.backend,
+    config = BenchConfig(
+        model="reforbert",
+        length=args.length,
+        batch_size=args.batch_size,
+        dtype="fp32",
+        device="cpu",
+        backend=args.backend,
         reversible=args.reversible,
-        lsh_bucket_size=BUCKET_SIZE,
-        lsh_num_hashes=NUM_HASHES,
-        axial_position_shape=axial_shape(args.length),
     )
-    model = ReforBertForMaskedLM(config)
+    torch.manual_seed(0)
+    model, loss_fn = build_model(config)
+    model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    tokens = torch.randint(NUM_SPECIAL_TOKENS, config.vocab_size, (args.batch_size, args.length))
-    masked = torch.rand(tokens.shape) < 0.15
-    labels = torch.where(masked, tokens, torch.full_like(tokens, IGNORE_INDEX))
-    inputs = torch.where(masked, torch.full_like(tokens, MASK_ID), tokens)
+    input_ids, labels = masked_batch(config, torch.device("cpu"))
 
     def train_step() -> None:
-        model(input_ids=inputs, labels=labels).loss.backward()
+        loss_fn(model, input_ids, labels).backward()
         optimizer.step()
-        optimizer.zero_grad()
+        optimizer.zero_grad(set_to_none=True)
 
     train_step()  # warm-up: allocator and kernel selection
     with profile(activities=[ProfilerActivity.CPU]) as profiler, record_function("train_step"):

@@ -13,40 +13,16 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from test_modeling import one_thread, random_ids  # noqa: F401 - one_thread is an autouse fixture
+from test_modeling import tiny_config as modeling_tiny_config
 
 import reforbert.modeling_reforbert as modeling
-from reforbert import SPECIAL_TOKENS, ReforBertConfig, ReforBertForPreTraining, ReforBertModel
-
-VOCAB = 40
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from reforbert import ReforBertConfig, ReforBertForPreTraining, ReforBertModel
 
 
 def tiny_config(**overrides) -> ReforBertConfig:
-    sizes = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        lsh_bucket_size=8,
-        lsh_num_hashes=2,
-        axial_position_shape=(64, 64),
-        attention_backend="lsh",
-    )
-    sizes.update(overrides)
-    return ReforBertConfig(**sizes)
-
-
-def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(len(SPECIAL_TOKENS), VOCAB, (batch, length), generator=generator)
+    """test_modeling's tiny model with LSH attention and positions for up to 4,096 tokens."""
+    return modeling_tiny_config(**{"axial_position_shape": (64, 64), "attention_backend": "lsh", **overrides})
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str, tolerance: float = 1e-5) -> None:

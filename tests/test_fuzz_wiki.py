@@ -53,6 +53,24 @@ def check_corpus_build(source: Path, output: Path) -> None:
         output.unlink(missing_ok=True)
 
 
+def fuzz_one_source_file(source: Path, output: Path, valid: bytes) -> None:
+    """Corrupt ``valid`` (before or, for a .bz2 name, after compressing it) into ``source`` and build
+    the corpus from it."""
+    compressed = source.name.endswith(".bz2")
+
+    def case(drawn: tuple) -> None:
+        corruptions, compressed_side = drawn
+        if compressed and compressed_side:
+            data = apply_file_corruptions(bz2.compress(valid), corruptions)
+        else:
+            data = apply_file_corruptions(valid, corruptions)
+            data = bz2.compress(data) if compressed else data
+        source.write_bytes(data)
+        check_corpus_build(source, output)
+
+    run_fuzz(st.tuples(file_corruptions(), st.booleans()), case)
+
+
 @pytest.mark.parametrize("name", ["wiki_00", "wiki_00.bz2"])
 def test_fuzz_wikiextractor_output(tmp_path: Path, name: str) -> None:
     source, output = tmp_path / "AA" / name, tmp_path / "out" / "corpus.txt"
@@ -60,17 +78,7 @@ def test_fuzz_wikiextractor_output(tmp_path: Path, name: str) -> None:
     output.parent.mkdir()
     valid = EXTRACTED.encode("utf-8")
 
-    def case(drawn: tuple) -> None:
-        corruptions, compressed_side = drawn
-        if name.endswith(".bz2") and compressed_side:
-            data = apply_file_corruptions(bz2.compress(valid), corruptions)
-        else:
-            data = apply_file_corruptions(valid, corruptions)
-            data = bz2.compress(data) if name.endswith(".bz2") else data
-        source.write_bytes(data)
-        check_corpus_build(source, output)
-
-    run_fuzz(st.tuples(file_corruptions(), st.booleans()), case)
+    fuzz_one_source_file(source, output, valid)
 
 
 @pytest.mark.parametrize("name", ["kowiki-pages-articles.xml", "kowiki-pages-articles.xml.bz2"])
@@ -79,17 +87,7 @@ def test_fuzz_xml_dump(tmp_path: Path, name: str) -> None:
     output.parent.mkdir()
     valid = SAMPLE_DUMP.encode("utf-8")
 
-    def case(drawn: tuple) -> None:
-        corruptions, compressed_side = drawn
-        if name.endswith(".bz2") and compressed_side:
-            data = apply_file_corruptions(bz2.compress(valid), corruptions)
-        else:
-            data = apply_file_corruptions(valid, corruptions)
-            data = bz2.compress(data) if name.endswith(".bz2") else data
-        source.write_bytes(data)
-        check_corpus_build(source, output)
-
-    run_fuzz(st.tuples(file_corruptions(), st.booleans()), case)
+    fuzz_one_source_file(source, output, valid)
 
 
 def test_fuzz_wikiextractor_folder(tmp_path: Path) -> None:

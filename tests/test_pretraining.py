@@ -688,22 +688,7 @@ def test_resume_from_a_run_folder_written_before_the_arguments_dataclass(
     earlier = EARLIER_SETTINGS_KEYS + ("schedule_steps", "warmup_steps", "model")
     (run_dir / "run_settings.json").write_text(json.dumps({key: run_settings[key] for key in earlier}))
 
-    pretraining.pretrain(
-        data_dir,
-        vocab_dir,
-        run_dir,
-        max_steps=8,
-        save_steps=3,
-        save_total_limit=2,
-        eval_steps=4,
-        resume=True,
-        **COMMON,
-    )
-    reference, again = losses(reference_run), losses(run_dir)
-    assert sorted(again) == list(range(1, 9))
-    for step in reference:
-        assert abs(reference[step] - again[step]) <= 1e-6, (step, reference[step], again[step])
-    assert_same_weights(final_weights(reference_run), final_weights(run_dir), atol=1e-6)
+    resume_and_compare_with(reference_run, data_dir, vocab_dir, run_dir)
 
 
 # ---------------------------------------------------------------------------------------------------
