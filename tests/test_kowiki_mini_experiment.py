@@ -196,3 +196,48 @@ def test_sweep_finetune_report_end_to_end(experiment, tmp_path, tiny_tokenizer):
     settings = json.loads((out / "summary.json").read_text(encoding="utf-8"))["settings"]
     assert settings["sweep"]["learning_rates"] == settings["finetune"]["learning_rates"] == "[0.001]"
     assert settings["report"]["stages"] == "report"
+
+
+RELEASE_PY = RUN_PY.with_name("release.py")
+
+
+def write_stage_run(folder: Path, mlm_probability: float, resumed: bool) -> None:
+    """A run folder as `reforbert pretrain` leaves it, with two invocations when ``resumed``."""
+    folder.mkdir(parents=True)
+    settings = {
+        "max_seq_len": 128,
+        "micro_batch_size": 64,
+        "global_batch_size": 64,
+        "learning_rate": 2e-3,
+        "mlm_probability": mlm_probability,
+        "warmup_steps": 100,
+        "schedule_steps": 4200,
+        "compile": True,
+    }
+    (folder / "run_settings.json").write_text(json.dumps(settings), encoding="utf-8")
+    clock = [60.0, 120.0, 30.0, 90.0] if resumed else [60.0, 120.0, 180.0, 240.0]
+    records = []
+    for step, elapsed in enumerate(clock, start=1):
+        records.append({"step": step, "tokens_seen": 1000 * step, "elapsed": elapsed})
+    records.append(
+        {"step": 4, "eval_mlm_loss": 4.5, "eval_mlm_accuracy_at_mask": 0.2, "eval_nsp_accuracy": 0.8}
+    )
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def test_release_card_facts_sum_both_invocations_and_name_each_stage_masking_rate(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("kowiki_mini_release", RELEASE_PY)
+    release = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(release)
+    write_stage_run(tmp_path / "s1", 0.15, resumed=True)
+    write_stage_run(tmp_path / "s2", 0.25, resumed=False)
+    stages = [{**release.stage_facts(tmp_path / name), "budget_minutes": 10} for name in ("s1", "s2")]
+    # A resumed invocation restarts its clock: 120 s of the first plus 90 s of the second.
+    assert stages[0]["minutes"] == pytest.approx(3.5)
+    assert stages[1]["minutes"] == pytest.approx(4.0)
+    table = release.stage_table(stages).splitlines()
+    assert "| 15% |" in table[2] and "| 25% |" in table[3]
+    assert "4.50 / 20.0% / 80.0%" in table[3]
+    commands = release.reproduce_commands(stages)
+    assert "--mlm-probability 0.15" in commands and "--mlm-probability 0.25" in commands
+    assert "--init-from runs/s1/model" in commands

@@ -546,6 +546,29 @@ def test_whole_word_masking_masks_every_piece_of_a_word_together(
         assert split > 0
 
 
+def test_held_out_masking_rate_is_fixed_apart_from_the_training_rate(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path
+) -> None:
+    from reforbert.pretraining import BatchMaker, build_batch_makers, build_config, load_data
+    from reforbert.pretraining_arguments import PretrainingArguments
+
+    args = PretrainingArguments.resolve(
+        data=data_dir, vocab=vocab_dir, output=tmp_path, mlm_probability=0.5, **COMMON
+    )
+    make_batch, make_eval_batch = build_batch_makers(args, build_config("tiny", TINY), load_data(args))
+
+    def masked_share(maker: BatchMaker) -> float:
+        batch = maker.collate(maker.read(list(range(24))), 0)
+        real = batch["attention_mask"].bool() & (batch["input_ids"] >= NUM_SPECIAL_TOKENS)
+        return float((batch["labels"] != -100).sum() / real.sum())
+
+    # 0.5 against the default 0.15 of held-out evaluation: far apart for a few thousand tokens.
+    assert masked_share(make_batch) > 0.4
+    assert masked_share(make_eval_batch) < 0.25
+    with pytest.raises(ReforBertInputError, match="--eval-mlm-probability must be in"):
+        PretrainingArguments.resolve(data="d", vocab="v", output="o", eval_mlm_probability=1.5).validate()
+
+
 def test_whole_word_masking_is_recorded_and_kept_on_resume(
     tmp_path: Path, data_dir: Path, vocab_dir: Path
 ) -> None:
@@ -619,17 +642,17 @@ def test_a_recipe_fills_the_flags_not_given_and_run_settings_record_the_result(
     run_dir = tmp_path / "run"
     argv = cli_command(
         data_dir, vocab_dir, run_dir, "--recipe", "budget-stage2-len128", "--max-steps", "1", "--no-progress",
-        "--no-compile",  # compiling takes most of a minute on 2 cores; test_modeling covers compile
     )
     assert cli.main(argv[3:]) == 0
     settings = json.loads((run_dir / "run_settings.json").read_text())
     assert settings["recipe"] == "budget-stage2-len128"
-    # From the recipe: no reversible layers and no hidden dropout; from the command line: the rest.
+    # From the recipe: no reversible layers, no hidden dropout, 25% masked; from the command line: the rest.
     assert settings["reversible"] is False and settings["model"]["reversible"] is False
     assert settings["model"]["hidden_dropout_prob"] == 0.0
     assert (settings["max_seq_len"], settings["global_batch_size"], settings["warmup_steps"]) == (64, 4, 2)
     assert settings["precision"] == "fp32"
-    assert settings["compile"] is False  # the explicit --no-compile beats the recipe
+    assert settings["mlm_probability"] == 0.25 and settings["eval_mlm_probability"] == 0.15
+    assert settings["compile"] is False
 
 
 # What the pretraining loop recorded in a checkpoint's settings before PretrainingArguments existed.

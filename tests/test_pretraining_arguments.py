@@ -88,8 +88,8 @@ def test_a_recipe_supplies_defaults_that_explicit_flags_override() -> None:
         == "lsh"
     )
     assert parse("--recipe", "budget-stage2-len128", "--reversible").reversible is True
-    assert recipe["compile"] is True
-    assert parse("--recipe", "budget-stage2-len128", "--no-compile").compile is False
+    assert "compile" not in recipe and parse("--recipe", "budget-stage2-len128").compile is False
+    assert parse("--recipe", "budget-stage2-len128", "--compile").compile is True
 
 
 def test_an_unknown_recipe_or_a_bad_value_is_a_one_line_error() -> None:

@@ -45,6 +45,7 @@ def stage_facts(run_dir: Path) -> dict:
         "micro_batch_size": settings["micro_batch_size"],
         "global_batch_size": settings["global_batch_size"],
         "learning_rate": settings["learning_rate"],
+        "mlm_probability": settings["mlm_probability"],
         "warmup_steps": settings["warmup_steps"],
         "schedule_steps": settings["schedule_steps"],
         "compile": settings.get("compile", False),
@@ -57,9 +58,9 @@ def stage_facts(run_dir: Path) -> dict:
 
 def stage_table(stages: list[dict]) -> str:
     lines = [
-        "| stage | length | global batch | peak LR (warm-up, schedule) | steps | tokens | wall-clock | "
-        "held-out MLM loss / acc. at [MASK] / NSP acc. at its length |",
-        "|---|---:|---:|---|---:|---:|---:|---|",
+        "| stage | length | global batch | masked | peak LR (warm-up, schedule) | steps | tokens | "
+        "wall-clock | held-out MLM loss / acc. at [MASK] / NSP acc. at its length (15% masked) |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for number, stage in enumerate(stages, start=1):
         last = stage["last_evaluation"]
@@ -71,7 +72,8 @@ def stage_table(stages: list[dict]) -> str:
         )
         lines.append(
             f"| {number} | {stage['max_seq_len']} | {stage['global_batch_size']} | "
-            f"{stage['learning_rate']:g} ({stage['warmup_steps']} warm-up, linear to 0 at step "
+            f"{100 * stage['mlm_probability']:g}% | {stage['learning_rate']:g} "
+            f"({stage['warmup_steps']} warm-up, linear to 0 at step "
             f"{stage['schedule_steps']}) | {stage['steps']:,} | {stage['tokens']:,} | "
             f"{stage['minutes']:.1f} min | {scores} |"
         )
@@ -89,7 +91,7 @@ def reproduce_commands(stages: list[dict]) -> str:
             f"reforbert pretrain --data train{length} --eval-data heldout{length} --vocab vocab "
             f"--output runs/s{number}{init} \\\n"
             f"    --preset mini --attention full --no-reversible --config hidden_dropout_prob=0.0 "
-            f"--precision bf16 --max-seq-len {length} \\\n"
+            f"--precision bf16 --max-seq-len {length} --mlm-probability {stage['mlm_probability']:g} \\\n"
             f"    --global-batch-size {stage['global_batch_size']} --micro-batch-size {micro} "
             f"--learning-rate {stage['learning_rate']:g} --warmup-steps {stage['warmup_steps']} "
             f"--max-steps {stage['schedule_steps']} --time-budget-minutes {stage['budget_minutes']:g}"
@@ -118,7 +120,27 @@ def lsh_comparison(paths: list[Path] | None) -> str:
     )
 
 
-def write_release(model_dir: Path, destination: Path, card: str) -> None:
+# Two probes of what the model knows, completed by the released weights for the card's known limits.
+FILL_MASK_PROBES = ("그는 1990년에 대학을 [MASK]했다.", "대한민국의 수도는 [MASK]이다.")
+
+
+def fill_mask_examples(model_dir: Path, top_k: int = 3) -> str:
+    """The released model's top completions of each probe, with their probabilities, as card text."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
+
+    model = AutoModelForMaskedLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    fill = pipeline("fill-mask", model=model, tokenizer=tokenizer, top_k=top_k)
+    described = []
+    for probe in FILL_MASK_PROBES:
+        guesses = ", ".join(
+            f"{guess['token_str'].strip()} ({100 * guess['score']:.0f}%)" for guess in fill(probe)
+        )
+        described.append(f"`{probe}` → {guesses}")
+    return "; ".join(described)
+
+
+def write_release(model_dir: Path, destination: Path, card_template: str, facts: dict) -> None:
     model = ReforBertForPreTraining.from_pretrained(str(model_dir), dtype=torch.float32)
     # Pretraining ran without dropout; fine-tuning starts from BERT's usual 0.1 on hidden states.
     model.config.hidden_dropout_prob = 0.1
@@ -134,6 +156,7 @@ def write_release(model_dir: Path, destination: Path, card: str) -> None:
                 shutil.copy2(entry, tmp / entry.name)
         # The tokenizer says what the model takes, not the length it was pretrained at.
         set_model_max_length(tmp, model.config.max_position_embeddings)
+        card = card_template.format(**facts, fill_mask_examples=fill_mask_examples(tmp))
         (tmp / "README.md").write_text(card, encoding="utf-8")
 
 
@@ -189,8 +212,9 @@ def main() -> None:
         "nsp_accuracy": f"{100 * scores['nsp_accuracy']:.1f}",
         "lsh_comparison": lsh_comparison(args.lsh_comparison),
     }
-    card = CARD_TEMPLATE.read_text(encoding="utf-8").format(**facts)
-    write_release(args.stages[-1] / "model", args.destination, card)
+    write_release(
+        args.stages[-1] / "model", args.destination, CARD_TEMPLATE.read_text(encoding="utf-8"), facts
+    )
     print(f"wrote {args.destination}")
 
 

@@ -420,19 +420,24 @@ def build_batch_makers(
     """Training and held-out batches; held-out masks use another seed and never change between evaluations."""
     from reforbert.data.collator import PretrainingCollator
 
-    def collator(seed: int) -> PretrainingCollator:
+    def collator(seed: int, mlm_probability: float) -> PretrainingCollator:
         return PretrainingCollator(
             config.vocab_size,
-            mlm_probability=args.mlm_probability,
+            mlm_probability=mlm_probability,
             seed=seed,
             pad_to_multiple_of=8,
             whole_word_mask=args.whole_word_mask,
             vocab_dir=args.vocab,
         )
 
-    train = BatchMaker(data.dataset, collator(args.seed), str(args.data), args.max_seq_len)
+    train = BatchMaker(
+        data.dataset, collator(args.seed, args.mlm_probability), str(args.data), args.max_seq_len
+    )
     held_out = BatchMaker(
-        data.eval_dataset, collator(args.seed + 1), str(args.eval_data or args.data), args.max_seq_len
+        data.eval_dataset,
+        collator(args.seed + 1, args.eval_mlm_probability),
+        str(args.eval_data or args.data),
+        args.max_seq_len,
     )
     return train, held_out
 
