@@ -107,6 +107,37 @@ def test_choice_takes_the_best_tuning_score_and_records_failures(experiment, tmp
     assert setting["learning_rate"] == 3e-4 and setting["chosen_for"] == "pretrained"
 
 
+def test_keep_sweep_results_runs_only_the_settings_without_finished_scores(experiment, tmp_path):
+    sweep = tmp_path / "sweep" / "pretrained"
+    write_sweep_result(sweep, "nsmc.lr0.0003.ep2.json", 70.0, 0.0)
+    experiment.write_failure(sweep / "nsmc.lr0.001.ep2.json", "nsmc", 1, 137, "logs/x.log")
+    grid = [
+        "--out",
+        str(tmp_path),
+        "--tasks",
+        "nsmc",
+        "--epochs",
+        "2",
+        "--learning-rates",
+        "3e-4",
+        "1e-3",
+        "3e-3",
+    ]
+
+    def sweep_jobs(argv: list[str]) -> list:
+        args = experiment.build_parser().parse_args(argv)
+        args.max_train_examples = experiment.parse_limits(args.max_train_examples)  # as main() does
+        return experiment.sweep_jobs(args)
+
+    assert len(sweep_jobs(grid)) == 3
+    kept = sweep_jobs([*grid, "--keep-sweep-results"])
+    # The finished 3e-4 is kept; the failed 1e-3 and the missing 3e-3 run.
+    assert [job.name for job in kept] == [
+        "sweep-nsmc-pretrained-lr0.001-ep2",
+        "sweep-nsmc-pretrained-lr0.003-ep2",
+    ]
+
+
 @pytest.mark.slow
 def test_sweep_finetune_report_end_to_end(experiment, tmp_path, tiny_tokenizer):
     model_dir = tmp_path / "model"

@@ -404,10 +404,19 @@ def sweep_jobs(args: argparse.Namespace) -> list[Job]:
                     command += ["--model", str(model_dirs(args)[row]), "--seed", str(args.sweep_seed)]
                     command += ["--learning-rate", str(learning_rate), "--epochs", str(epochs)]
                     log = args.out / "logs" / f"{name}.log"
+                    if args.keep_sweep_results and finished_result(result):
+                        continue
                     jobs.append(
                         Job(name, command, log, threads_per_job(args), result, protocol.task, args.sweep_seed)
                     )
     return jobs
+
+
+def finished_result(path: Path | None) -> bool:
+    """Whether ``path`` holds the scores of a finished run (not a failure record)."""
+    if path is None or not path.is_file():
+        return False
+    return "metrics" in json.loads(path.read_text(encoding="utf-8"))
 
 
 def score_of(results: dict[str, Any]) -> tuple[float, ...]:
@@ -594,6 +603,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--sweep-control",
         action="store_true",
         help="Sweep the control row too (by default it uses the pretrained row's choice).",
+    )
+    add(
+        "--keep-sweep-results",
+        action="store_true",
+        help="Run only the sweep settings without a finished results file in OUT/sweep (to widen a grid); "
+        "the choice is still made over the whole grid. Only for the same --model and data.",
     )
     add(
         "--time-budget-minutes",
