@@ -549,6 +549,7 @@ def test_whole_word_masking_masks_every_piece_of_a_word_together(
 def test_held_out_masking_rate_is_fixed_apart_from_the_training_rate(
     tmp_path: Path, data_dir: Path, vocab_dir: Path
 ) -> None:
+    from reforbert.configuration_reforbert import IGNORE_INDEX
     from reforbert.pretraining import BatchMaker, build_batch_makers, build_config, load_data
     from reforbert.pretraining_arguments import PretrainingArguments
 
@@ -560,7 +561,7 @@ def test_held_out_masking_rate_is_fixed_apart_from_the_training_rate(
     def masked_share(maker: BatchMaker) -> float:
         batch = maker.collate(maker.read(list(range(24))), 0)
         real = batch["attention_mask"].bool() & (batch["input_ids"] >= NUM_SPECIAL_TOKENS)
-        return float((batch["labels"] != -100).sum() / real.sum())
+        return float((batch["labels"] != IGNORE_INDEX).sum() / real.sum())
 
     # 0.5 against the default 0.15 of held-out evaluation: far apart for a few thousand tokens.
     assert masked_share(make_batch) > 0.4

@@ -68,14 +68,15 @@ def main() -> None:
     args = parser.parse_args()
     runs = {folder.name: read_run(folder) for folder in sorted(args.runs.iterdir()) if folder.is_dir()}
     figure, axes = plt.subplots(2, 2, figsize=(12, 8), sharey="row")
+    # tab20: more recipes than the default cycle's 10 colours, none sharing one.
+    colours = plt.get_cmap("tab20").colors
     for row, (key, label) in enumerate(PANELS):
         for column, x_key in enumerate(("tokens", "minutes")):
             axis = axes[row][column]
             for index, (name, points) in enumerate(runs.items()):
                 xs = [p[x_key] / (1e6 if x_key == "tokens" else 1.0) for p in points if key in p]
                 ys = [p[key] * (100.0 if "accuracy" in key else 1.0) for p in points if key in p]
-                # tab20: more recipes than the default cycle's 10 colours, none sharing one.
-                axis.plot(xs, ys, marker=".", label=name, color=plt.get_cmap("tab20").colors[index % 20])
+                axis.plot(xs, ys, marker=".", label=name, color=colours[index % len(colours)])
             axis.set_xlabel("tokens seen (millions)" if x_key == "tokens" else "wall-clock minutes")
             axis.set_ylabel(label + (" (%)" if "accuracy" in key else ""))
             axis.grid(alpha=0.3)

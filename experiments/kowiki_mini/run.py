@@ -400,21 +400,21 @@ def sweep_jobs(args: argparse.Namespace) -> list[Job]:
                     result = (
                         args.out / "sweep" / row / f"{protocol.task}.lr{learning_rate:g}.ep{epochs:g}.json"
                     )
+                    if args.keep_sweep_results and finished_result(result):
+                        continue
                     command = reforbert_job(protocol, args, result, tuning=True)
                     command += ["--model", str(model_dirs(args)[row]), "--seed", str(args.sweep_seed)]
                     command += ["--learning-rate", str(learning_rate), "--epochs", str(epochs)]
                     log = args.out / "logs" / f"{name}.log"
-                    if args.keep_sweep_results and finished_result(result):
-                        continue
                     jobs.append(
                         Job(name, command, log, threads_per_job(args), result, protocol.task, args.sweep_seed)
                     )
     return jobs
 
 
-def finished_result(path: Path | None) -> bool:
+def finished_result(path: Path) -> bool:
     """Whether ``path`` holds the scores of a finished run (not a failure record)."""
-    if path is None or not path.is_file():
+    if not path.is_file():
         return False
     return "metrics" in json.loads(path.read_text(encoding="utf-8"))
 

@@ -32,8 +32,8 @@ _BUDGET_COMMON: dict[str, Any] = {
     "schedule": "linear",
 }
 RECIPES: dict[str, dict[str, Any]] = {
-    # The released models/reforbert-mini-kowiki: a length curriculum on a 2-core CPU (under 60 minutes:
-    # 17 + 39 + 2.5), one recipe per stage, each later stage started with --init-from the previous stage's
+    # The released models/reforbert-mini-kowiki: a length curriculum on a 2-core CPU (58.8 minutes:
+    # 17 + 39 + 2.7), one recipe per stage, each later stage started with --init-from the previous stage's
     # model. At length 128 every recipe tried from random weights stayed on the unigram plateau for 10-12
     # minutes; at length 32 the model leaves it after about 1,000 steps (experiments/kowiki_mini/README.md
     # has the curves).
