@@ -272,3 +272,19 @@ def test_release_card_facts_sum_both_invocations_and_name_each_stage_masking_rat
     commands = release.reproduce_commands(stages)
     assert "--mlm-probability 0.15" in commands and "--mlm-probability 0.25" in commands
     assert "--init-from runs/s1/model" in commands
+    # Both stop at step 4 of a 4,200-step schedule, inside its 100 warm-up steps.
+    notes = release.schedule_notes(stages)
+    assert notes.startswith("Stage 1 was stopped by its time budget at step 4, still warming up")
+    assert "(in 2 invocations" in notes and notes.count("invocations") == 1
+
+
+def test_release_card_says_a_stage_that_finished_its_schedule_did(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("kowiki_mini_release", RELEASE_PY)
+    release = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(release)
+    write_stage_run(tmp_path / "s1", 0.25, resumed=False)
+    stage = {**release.stage_facts(tmp_path / "s1"), "budget_minutes": 10, "schedule_steps": 4}
+    assert release.schedule_notes([stage]) == "Stage 1 ran all 4 steps of its schedule."
+    # Stopped after warm-up: linear decay from the peak at step 100 to 0 at step 200, stopped at 150.
+    stopped = {**stage, "steps": 150, "warmup_steps": 100, "schedule_steps": 200}
+    assert "at step 150 of 200, the learning rate at 50% of its peak" in release.schedule_notes([stopped])

@@ -31,7 +31,7 @@ CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
 def stage_facts(run_dir: Path) -> dict:
     """Settings and totals of one `reforbert pretrain` run folder (all its invocations)."""
     settings = json.loads((run_dir / "run_settings.json").read_text(encoding="utf-8"))
-    seconds, last_elapsed, last, evaluations = 0.0, 0.0, None, []
+    seconds, last_elapsed, last, evaluations, invocations = 0.0, 0.0, None, [], 1
     for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         if "eval_mlm_loss" in record:
@@ -39,6 +39,7 @@ def stage_facts(run_dir: Path) -> dict:
         elif "elapsed" in record:
             if record["elapsed"] < last_elapsed:  # a resumed invocation restarts its clock
                 seconds += last_elapsed
+                invocations += 1
             last_elapsed, last = record["elapsed"], record
     return {
         "max_seq_len": settings["max_seq_len"],
@@ -52,6 +53,7 @@ def stage_facts(run_dir: Path) -> dict:
         "steps": last["step"],
         "tokens": last["tokens_seen"],
         "minutes": (seconds + last_elapsed) / 60.0,
+        "invocations": invocations,
         "last_evaluation": evaluations[-1] if evaluations else {},
     }
 
@@ -78,6 +80,28 @@ def stage_table(stages: list[dict]) -> str:
             f"{stage['minutes']:.1f} min | {scores} |"
         )
     return "\n".join(lines)
+
+
+def schedule_notes(stages: list[dict]) -> str:
+    """How each stage ended: all its scheduled steps, or stopped by its time budget part-way."""
+    notes = []
+    for number, stage in enumerate(stages, start=1):
+        steps, scheduled = stage["steps"], stage["schedule_steps"]
+        if steps >= scheduled:
+            ending = f"ran all {scheduled:,} steps of its schedule"
+        elif steps < stage["warmup_steps"]:
+            ending = f"was stopped by its time budget at step {steps:,}, still warming up"
+        else:
+            # Linear decay to 0 at the scheduled step: the rate left when the budget stopped it.
+            left = (scheduled - steps) / (scheduled - stage["warmup_steps"])
+            ending = (
+                f"was stopped by its time budget at step {steps:,} of {scheduled:,}, the learning rate "
+                f"at {100 * left:.0f}% of its peak"
+            )
+        if stage["invocations"] > 1:
+            ending += f" (in {stage['invocations']} invocations, resumed from checkpoints)"
+        notes.append(f"Stage {number} {ending}.")
+    return " ".join(notes)
 
 
 def reproduce_commands(stages: list[dict]) -> str:
@@ -199,6 +223,7 @@ def main() -> None:
     facts = {
         "stage_table": stage_table(stages),
         "reproduce_commands": reproduce_commands(stages),
+        "schedule_notes": schedule_notes(stages),
         "total_steps": f"{sum(s['steps'] for s in stages):,}",
         "total_tokens": f"{sum(s['tokens'] for s in stages):,}",
         "total_minutes": f"{sum(s['minutes'] for s in stages):.1f}",
