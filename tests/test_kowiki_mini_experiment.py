@@ -18,14 +18,24 @@ from reforbert.tasks import TASKS, get_task
 RUN_PY = Path(__file__).resolve().parents[1] / "experiments" / "kowiki_mini" / "run.py"
 
 
-@pytest.fixture(scope="module")
-def experiment():
-    spec = importlib.util.spec_from_file_location("kowiki_mini_run", RUN_PY)
+def load_script(name: str, path: Path):
+    """Import an experiment script (not a package module) under ``name`` for the duration of a module."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     yield module
     del sys.modules[spec.name]
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    yield from load_script("kowiki_mini_run", RUN_PY)
+
+
+@pytest.fixture(scope="module")
+def release():
+    yield from load_script("kowiki_mini_release", RUN_PY.with_name("release.py"))
 
 
 def write_nsmc(path: Path, n: int) -> None:
@@ -229,9 +239,6 @@ def test_sweep_finetune_report_end_to_end(experiment, tmp_path, tiny_tokenizer):
     assert settings["report"]["stages"] == "report"
 
 
-RELEASE_PY = RUN_PY.with_name("release.py")
-
-
 def write_stage_run(folder: Path, mlm_probability: float, resumed: bool) -> None:
     """A run folder as `reforbert pretrain` leaves it, with two invocations when ``resumed``."""
     folder.mkdir(parents=True)
@@ -256,10 +263,9 @@ def write_stage_run(folder: Path, mlm_probability: float, resumed: bool) -> None
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 
 
-def test_release_card_facts_sum_both_invocations_and_name_each_stage_masking_rate(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("kowiki_mini_release", RELEASE_PY)
-    release = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(release)
+def test_release_card_facts_sum_both_invocations_and_name_each_stage_masking_rate(
+    release, tmp_path: Path
+) -> None:
     write_stage_run(tmp_path / "s1", 0.15, resumed=True)
     write_stage_run(tmp_path / "s2", 0.25, resumed=False)
     stages = [{**release.stage_facts(tmp_path / name), "budget_minutes": 10} for name in ("s1", "s2")]
@@ -278,10 +284,7 @@ def test_release_card_facts_sum_both_invocations_and_name_each_stage_masking_rat
     assert "(in 2 invocations" in notes and notes.count("invocations") == 1
 
 
-def test_release_card_says_a_stage_that_finished_its_schedule_did(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("kowiki_mini_release", RELEASE_PY)
-    release = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(release)
+def test_release_card_says_a_stage_that_finished_its_schedule_did(release, tmp_path: Path) -> None:
     write_stage_run(tmp_path / "s1", 0.25, resumed=False)
     stage = {**release.stage_facts(tmp_path / "s1"), "budget_minutes": 10, "schedule_steps": 4}
     assert release.schedule_notes([stage]) == "Stage 1 ran all 4 steps of its schedule."
