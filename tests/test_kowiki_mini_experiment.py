@@ -148,6 +148,41 @@ def test_keep_sweep_results_runs_only_the_settings_without_finished_scores(exper
     ]
 
 
+def test_rows_pretrained_keeps_the_control_only_for_the_config_it_was_built_from(experiment, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    config = ReforBertConfig.from_preset("tiny")
+    config.save_pretrained(model)
+    out = tmp_path / "out"
+
+    def parse(*rows: str):
+        args = experiment.build_parser().parse_args(
+            ["--out", str(out), "--model", str(model), "--tasks", "nsmc", "--rows", *rows, "--sweep-control"]
+        )
+        args.max_train_examples = experiment.parse_limits(args.max_train_examples)
+        return args
+
+    out.mkdir()
+    both = parse("pretrained", "control")
+    experiment.check_control_config(both)  # records the config the control is built from
+    assert {job.name.split("-")[2] for job in experiment.sweep_jobs(both)} == {"pretrained", "control"}
+    (out / "results" / "control").mkdir(parents=True)
+    (out / "results" / "control" / "nsmc.seed1.json").write_text("{}", encoding="utf-8")
+
+    kept = parse("pretrained")
+    experiment.check_control_config(kept)  # same config: the control row may be kept
+    assert {job.name.split("-")[2] for job in experiment.sweep_jobs(kept)} == {"pretrained"}
+    jobs, _ = experiment.finetune_jobs(
+        kept, {"rows": {"pretrained": {"nsmc": {"learning_rate": 1e-3, "epochs": 2}}}}
+    )
+    assert {job.name.split("-")[2] for job in jobs} == {"pretrained"}
+
+    config.hidden_size = 64  # another architecture would need another control
+    config.save_pretrained(model)
+    with pytest.raises(SystemExit, match="control-config.json"):
+        experiment.check_control_config(kept)
+
+
 @pytest.mark.slow
 def test_sweep_finetune_report_end_to_end(experiment, tmp_path, tiny_tokenizer):
     model_dir = tmp_path / "model"
@@ -239,10 +274,14 @@ def test_sweep_finetune_report_end_to_end(experiment, tmp_path, tiny_tokenizer):
     assert settings["report"]["stages"] == "report"
 
 
-def write_stage_run(folder: Path, mlm_probability: float, resumed: bool) -> None:
+def write_stage_run(
+    folder: Path, mlm_probability: float, resumed: bool, data: Path | None = None, seed: int = 0
+) -> None:
     """A run folder as `reforbert pretrain` leaves it, with two invocations when ``resumed``."""
     folder.mkdir(parents=True)
     settings = {
+        "data": str(data or folder.parent / "train128"),
+        "seed": seed,
         "max_seq_len": 128,
         "micro_batch_size": 64,
         "global_batch_size": 64,
@@ -291,3 +330,27 @@ def test_release_card_says_a_stage_that_finished_its_schedule_did(release, tmp_p
     # Stopped after warm-up: linear decay from the peak at step 100 to 0 at step 200, stopped at 150.
     stopped = {**stage, "steps": 150, "warmup_steps": 100, "schedule_steps": 200}
     assert "at step 150 of 200, the learning rate at 50% of its peak" in release.schedule_notes([stopped])
+
+
+def test_release_card_rebuilds_each_stage_data_draw_and_seed(release, tmp_path: Path) -> None:
+    """A stage that continues at the same length on a second draw of pairs names that draw and its seeds."""
+    second_draw = tmp_path / "train128b"
+    second_draw.mkdir()
+    (second_draw / "metadata.json").write_text(json.dumps({"seed": 2}), encoding="utf-8")
+    write_stage_run(tmp_path / "s1", 0.25, resumed=False)
+    write_stage_run(tmp_path / "s2", 0.25, resumed=False, data=second_draw, seed=1)
+    stages = [{**release.stage_facts(tmp_path / name), "budget_minutes": 10} for name in ("s1", "s2")]
+    assert [(stage["data"], stage["data_seed"], stage["seed"]) for stage in stages] == [
+        ("train128", 0, 0),
+        ("train128b", 2, 1),
+    ]
+    data = release.data_commands(stages).splitlines()
+    assert data == [
+        "reforbert pretraining-data train.txt --vocab vocab -o train128 --max-seq-len 128",
+        "reforbert pretraining-data heldout.txt --vocab vocab -o heldout128 --max-seq-len 128 --seed 1",
+        "reforbert pretraining-data train.txt --vocab vocab -o train128b --max-seq-len 128 --seed 2",
+    ]
+    first, second = release.reproduce_commands(stages).split("reforbert pretrain ")[1:]
+    assert "--data train128 " in first and "--seed" not in first
+    assert "--data train128b " in second and "--init-from runs/s1/model --seed 1" in second
+    assert "| `train128b` | 128 |" in release.stage_table(stages).splitlines()[3]

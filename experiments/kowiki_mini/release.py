@@ -26,6 +26,8 @@ from reforbert.fileio import atomic_directory
 from reforbert.modeling_reforbert import ReforBertForPreTraining
 
 CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
+# The held-out instances are drawn with their own seed, so they never repeat a training draw's pairs.
+HELDOUT_DATA_SEED = 1
 
 
 def stage_facts(run_dir: Path) -> dict:
@@ -41,7 +43,12 @@ def stage_facts(run_dir: Path) -> dict:
                 seconds += last_elapsed
                 invocations += 1
             last_elapsed, last = record["elapsed"], record
+    data = Path(settings.get("data", f"train{settings['max_seq_len']}"))
     return {
+        # The data folder by name, and the seed it was drawn with (its metadata, where still on disk).
+        "data": data.name,
+        "data_seed": data_seed(data),
+        "seed": settings.get("seed", 0),
         "max_seq_len": settings["max_seq_len"],
         "micro_batch_size": settings["micro_batch_size"],
         "global_batch_size": settings["global_batch_size"],
@@ -58,11 +65,18 @@ def stage_facts(run_dir: Path) -> dict:
     }
 
 
+def data_seed(data: Path) -> int:
+    metadata = data / "metadata.json"
+    if not metadata.is_file():
+        return 0
+    return json.loads(metadata.read_text(encoding="utf-8")).get("seed", 0)
+
+
 def stage_table(stages: list[dict]) -> str:
     lines = [
-        "| stage | length | global batch | masked | peak LR (warm-up, schedule) | steps | tokens | "
+        "| stage | data | length | global batch | masked | peak LR (warm-up, schedule) | steps | tokens | "
         "wall-clock | held-out MLM loss / acc. at [MASK] / NSP acc. at its length (15% masked) |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---|",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for number, stage in enumerate(stages, start=1):
         last = stage["last_evaluation"]
@@ -73,7 +87,7 @@ def stage_table(stages: list[dict]) -> str:
             else "–"
         )
         lines.append(
-            f"| {number} | {stage['max_seq_len']} | {stage['global_batch_size']} | "
+            f"| {number} | `{stage['data']}` | {stage['max_seq_len']} | {stage['global_batch_size']} | "
             f"{100 * stage['mlm_probability']:g}% | {stage['learning_rate']:g} "
             f"({stage['warmup_steps']} warm-up, linear to 0 at step "
             f"{stage['schedule_steps']}) | {stage['steps']:,} | {stage['tokens']:,} | "
@@ -104,6 +118,28 @@ def schedule_notes(stages: list[dict]) -> str:
     return " ".join(notes)
 
 
+def seed_flag(seed: int) -> str:
+    return f" --seed {seed}" if seed else ""
+
+
+def data_commands(stages: list[dict]) -> str:
+    """The `reforbert pretraining-data` commands behind the stages' data and held-out folders."""
+    commands, made = [], set()
+    for stage in stages:
+        length = stage["max_seq_len"]
+        for source, name, seed in (
+            ("train.txt", stage["data"], stage["data_seed"]),
+            ("heldout.txt", f"heldout{length}", HELDOUT_DATA_SEED),
+        ):
+            if name not in made:
+                made.add(name)
+                commands.append(
+                    f"reforbert pretraining-data {source} --vocab vocab -o {name} --max-seq-len {length}"
+                    + seed_flag(seed)
+                )
+    return "\n".join(commands)
+
+
 def reproduce_commands(stages: list[dict]) -> str:
     """The `reforbert pretrain` command of each stage, from the settings it recorded."""
     commands = []
@@ -112,8 +148,8 @@ def reproduce_commands(stages: list[dict]) -> str:
         micro = stage["micro_batch_size"]
         init = f" --init-from runs/s{number - 1}/model" if number > 1 else ""
         commands.append(
-            f"reforbert pretrain --data train{length} --eval-data heldout{length} --vocab vocab "
-            f"--output runs/s{number}{init} \\\n"
+            f"reforbert pretrain --data {stage['data']} --eval-data heldout{length} --vocab vocab "
+            f"--output runs/s{number}{init}{seed_flag(stage['seed'])} \\\n"
             f"    --preset mini --attention full --no-reversible --config hidden_dropout_prob=0.0 "
             f"--precision bf16 --max-seq-len {length} --mlm-probability {stage['mlm_probability']:g} \\\n"
             f"    --global-batch-size {stage['global_batch_size']} --micro-batch-size {micro} "
@@ -222,7 +258,10 @@ def main() -> None:
     scores = json.loads(args.heldout_scores.read_text(encoding="utf-8"))
     facts = {
         "stage_table": stage_table(stages),
+        "data_commands": data_commands(stages),
         "reproduce_commands": reproduce_commands(stages),
+        "final_run": f"runs/s{len(stages)}",
+        "stage_runs": " ".join(f"runs/s{number}" for number in range(1, len(stages) + 1)),
         "schedule_notes": schedule_notes(stages),
         "total_steps": f"{sum(s['steps'] for s in stages):,}",
         "total_tokens": f"{sum(s['tokens'] for s in stages):,}",

@@ -22,6 +22,7 @@ GPU. Examples::
 
     python experiments/kowiki_mini/run.py                          # sweep, finetune, report
     python experiments/kowiki_mini/run.py --stages finetune,report --seeds 1 2 3 4 5
+    python experiments/kowiki_mini/run.py --model NEW_CHECKPOINT --rows pretrained   # keep OUT's control
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ SPLIT_SEED = 42
 # The share of the training part set aside to choose the learning rate on.
 TUNING_FRACTION = 0.1
 CONTROL_INIT_SEED = 0
+# OUT/<this>: the config the control row was built from, so that a kept control can be checked.
+CONTROL_CONFIG_FILE = "control-config.json"
 # Files of a model folder that hold or describe its weights; everything else (the tokenizer) is copied.
 WEIGHT_FILES = ("config.json", "generation_config.json", "README.md")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
@@ -389,8 +392,41 @@ def prepare_models(model_dir: Path, folders: dict[str, Path]) -> None:
     print(f"control row: the same config from random weights -> {folders[CONTROL]}")
 
 
+def control_config(model_dir: Path) -> dict[str, Any]:
+    """What the control row's weights and training depend on: the checkpoint's config, minus the fields
+    that only describe the saved file."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    for key in ("architectures", "transformers_version", "dtype", "torch_dtype", "_name_or_path"):
+        config.pop(key, None)
+    return config
+
+
+def check_control_config(args: argparse.Namespace) -> None:
+    """Record the control's config in OUT, or, when the control row is kept from an earlier run
+    (``--rows pretrained``), refuse a checkpoint whose config would build a different control."""
+    record = args.out / CONTROL_CONFIG_FILE
+    current = control_config(args.model)
+    if CONTROL in args.rows:
+        record.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return
+    if not any((args.out / "results" / CONTROL).glob("*.json")):
+        return
+    if not record.is_file():
+        raise SystemExit(
+            f"{record}: missing, so the control results in {args.out} cannot be checked against "
+            f"{args.model}; rerun with --rows pretrained control"
+        )
+    if json.loads(record.read_text(encoding="utf-8")) != current:
+        raise SystemExit(
+            f"{record}: the kept control row was built from another config than {args.model}/config.json; "
+            "rerun with --rows pretrained control"
+        )
+
+
 def sweep_jobs(args: argparse.Namespace) -> list[Job]:
-    rows = [PRETRAINED, CONTROL] if args.sweep_control else [PRETRAINED]
+    rows = [row for row in (PRETRAINED, CONTROL) if row in args.rows]
+    if not args.sweep_control:
+        rows = [row for row in rows if row != CONTROL]
     jobs = []
     for protocol in selected(args):
         for row in rows:
@@ -481,6 +517,8 @@ def finetune_jobs(args: argparse.Namespace, choice: dict[str, Any]) -> tuple[lis
     jobs, skipped = [], []
     for protocol in selected(args):
         for row, model in model_dirs(args).items():
+            if row not in args.rows:
+                continue
             setting = chosen_setting(choice, row, protocol.task)
             for seed in args.seeds:
                 name = f"finetune-{protocol.task}-{row}-seed{seed}"
@@ -605,6 +643,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="Sweep the control row too (by default it uses the pretrained row's choice).",
     )
     add(
+        "--rows",
+        nargs="+",
+        choices=[PRETRAINED, CONTROL],
+        default=[PRETRAINED, CONTROL],
+        help="The rows the sweep and finetune stages run. The control depends only on the checkpoint's "
+        "config, so a new checkpoint of the same config may keep OUT's control row: --rows pretrained "
+        f"(refused when OUT/{CONTROL_CONFIG_FILE} differs from the new config).",
+    )
+    add(
         "--keep-sweep-results",
         action="store_true",
         help="Run only the sweep settings without a finished results file in OUT/sweep (to widen a grid); "
@@ -664,6 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.time()
         records: list[dict[str, Any]] = []
         if stage in ("sweep", "finetune") and not prepared:
+            check_control_config(args)
             prepare_models(args.model, model_dirs(args))
             prepared = True
         if stage == "sweep":
@@ -679,7 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif stage == "finetune":
             if not choice_path.is_file():
                 parser.error(f"no {choice_path}: run the sweep stage first")
-            for row in (PRETRAINED, CONTROL):  # a rerun replaces the task's seeds, never mixes with them
+            for row in args.rows:  # a rerun replaces the task's seeds, never mixes with them
                 for protocol in selected(args):
                     for stale in (args.out / "results" / row).glob(f"{protocol.task}.seed*.json"):
                         stale.unlink()
