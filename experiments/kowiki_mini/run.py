@@ -424,9 +424,8 @@ def check_control_config(args: argparse.Namespace) -> None:
 
 
 def sweep_jobs(args: argparse.Namespace) -> list[Job]:
-    rows = [row for row in (PRETRAINED, CONTROL) if row in args.rows]
-    if not args.sweep_control:
-        rows = [row for row in rows if row != CONTROL]
+    swept = (PRETRAINED, CONTROL) if args.sweep_control else (PRETRAINED,)
+    rows = [row for row in swept if row in args.rows]
     jobs = []
     for protocol in selected(args):
         for row in rows:

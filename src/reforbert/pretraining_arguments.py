@@ -32,14 +32,14 @@ _BUDGET_COMMON: dict[str, Any] = {
     "schedule": "linear",
 }
 RECIPES: dict[str, dict[str, Any]] = {
-    # The released models/reforbert-mini-kowiki: a length curriculum on a 2-core CPU (58.8 minutes:
-    # 16.5 + 39.5 + 2.9), one recipe per stage, each later stage started with --init-from the
-    # previous stage's model. At length 128 every recipe tried from random weights stayed on the unigram
-    # plateau for 10-12 minutes; at length 32 the model leaves it after about 1,000 steps
-    # (experiments/kowiki_mini/README.md has the curves). Every stage masks 25% of the tokens rather than
-    # 15%: in stage 2 it reached after 500 steps a held-out loss that 15% reached only between steps 500
-    # and 750 (40% did worse than 25%); in stage 1 it led 15% at every evaluation after the first (9.9%
-    # against 7.5% at [MASK] at step 4,000).
+    # The one-hour budget recipe: a length curriculum on a 2-core CPU (58.8 minutes: 16.5 + 39.5 + 2.9),
+    # stages 1, 2 and 4 of the released models/reforbert-mini-kowiki, one recipe per stage, each later stage
+    # started with --init-from the previous stage's model. At length 128 every recipe tried from random
+    # weights stayed on the unigram plateau for 10-12 minutes; at length 32 the model leaves it after about
+    # 1,000 steps (experiments/kowiki_mini/README.md has the curves). Every stage masks 25% of the tokens
+    # rather than 15%: in stage 2 it reached after 500 steps a held-out loss that 15% reached only between
+    # steps 500 and 750 (40% did worse than 25%); in stage 1 it led 15% at every evaluation after the first
+    # (9.9% against 7.5% at [MASK] at step 4,000).
     "budget-stage1-len32": {
         **_BUDGET_COMMON,
         "max_seq_len": 32,
@@ -53,7 +53,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # 2e-3 lies between two peak rates that did equally well over six minutes from the stage-1 model
     # (1e-3 and 3e-3). Not compiled: with 25% masked, a compiled step took 0.626 s against 0.587 s eager
     # on the 2-core CPU (80-step runs, one session). The 3,900-step schedule was sized from that 0.587 s;
-    # the release's stage 2 took 0.650 s a step (median) and its 39.5 minutes stopped it at step 3,545,
+    # the released stage 2 took 0.650 s a step (median) and its 39.5 minutes stopped it at step 3,545,
     # the learning rate at 9% of its peak.
     "budget-stage2-len128": {
         **_BUDGET_COMMON,
@@ -66,8 +66,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "max_steps": 3900,
     },
     # Teaches positions 128-511, for fine-tuning on longer inputs (KorQuAD windows). It costs a little at
-    # length 128: on the held-out instances the release's stage-2 model scored 20.8% at [MASK], after
-    # this stage 20.1%.
+    # length 128: on the held-out instances the fourth release scored 20.8% at [MASK] before this stage
+    # and 20.1% after it; the released checkpoint 26.0% and 24.6%.
     "budget-stage3-len512": {
         **_BUDGET_COMMON,
         "max_seq_len": 512,
