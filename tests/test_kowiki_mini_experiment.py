@@ -177,6 +177,13 @@ def test_rows_pretrained_keeps_the_control_only_for_the_config_it_was_built_from
     )
     assert {job.name.split("-")[2] for job in jobs} == {"pretrained"}
 
+    # Special-token ids that configurations from earlier versions carry build the same control.
+    for field, value in (("sep_token_id", 4), ("cls_token_id", 5), ("mask_token_id", 6)):
+        setattr(config, field, value)
+    config.save_pretrained(model)
+    assert "cls_token_id" in json.loads((model / "config.json").read_text(encoding="utf-8"))
+    experiment.check_control_config(kept)
+
     config.hidden_size = 64  # another architecture would need another control
     config.save_pretrained(model)
     with pytest.raises(SystemExit, match="control-config.json"):

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reforbert.configuration_reforbert import LEGACY_SPECIAL_TOKEN_FIELDS
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 DEFAULT_MODEL = REPO / "models" / "reforbert-mini-kowiki"
@@ -392,11 +394,23 @@ def prepare_models(model_dir: Path, folders: dict[str, Path]) -> None:
     print(f"control row: the same config from random weights -> {folders[CONTROL]}")
 
 
+# Config fields that build no different control: those describing the saved file, and the special-token
+# ids that configurations from earlier versions carry but the model never reads (the tokenizer owns them).
+CONTROL_IRRELEVANT_FIELDS = (
+    "architectures",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "_name_or_path",
+    *LEGACY_SPECIAL_TOKEN_FIELDS,
+)
+
+
 def control_config(model_dir: Path) -> dict[str, Any]:
     """What the control row's weights and training depend on: the checkpoint's config, minus the fields
-    that only describe the saved file."""
+    that build no different control."""
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    for key in ("architectures", "transformers_version", "dtype", "torch_dtype", "_name_or_path"):
+    for key in CONTROL_IRRELEVANT_FIELDS:
         config.pop(key, None)
     return config
 

@@ -34,6 +34,8 @@ PRESETS: dict[str, tuple[int, int]] = {
 }
 
 ATTENTION_BACKENDS = ("lsh", "full", "auto")
+# Special-token ids that configurations saved by earlier versions carry and no model reads.
+LEGACY_SPECIAL_TOKEN_FIELDS = ("sep_token_id", "cls_token_id", "mask_token_id")
 
 
 class ReforBertConfig(PretrainedConfig):
@@ -111,8 +113,8 @@ class ReforBertConfig(PretrainedConfig):
         self.lsh_num_hashes = lsh_num_hashes
         self.reversible = reversible
         self.feed_forward_chunk_size = feed_forward_chunk_size
-        # Configurations saved by earlier versions carry sep/cls/mask_token_id; the model never read them,
-        # and they load as plain attributes through ``kwargs``. The tokenizer owns the special tokens.
+        # Configurations saved by earlier versions carry LEGACY_SPECIAL_TOKEN_FIELDS; the model never read
+        # them, and they load as plain attributes through ``kwargs``. The tokenizer owns the special tokens.
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
