@@ -35,14 +35,14 @@ RECIPES: dict[str, dict[str, Any]] = {
     # The one-hour budget recipe: a length curriculum on a 2-core CPU (58.8 minutes: 16.5 + 39.5 + 2.9),
     # the fourth release (20.1% at [MASK]), one recipe per stage, each later stage started with --init-from
     # the previous stage's model. Not the released checkpoint's line: every model descending from this
-    # stage 1 (25% masked) fine-tunes on KorSTS at the level of random weights, where the released line's
-    # stage 1 (15% masked) does not (README.md, "Why the release left the budget recipe's line").
+    # stage 1 (25% masked) fine-tunes on KorSTS at the level of random weights, where the long stage 2s
+    # from the released line's stage 1 (15% masked) reach 30-40 (README.md, "Why the release left the
+    # budget recipe's line").
     # At length 128 every recipe tried from random weights stayed on the unigram plateau for 10-12 minutes;
     # at length 32 the model leaves it after about 1,000 steps (experiments/kowiki_mini/README.md has the
-    # curves). Every stage masks 25% of the tokens
-    # rather than 15%: in stage 2 it reached after 500 steps a held-out loss that 15% reached only between
-    # steps 500 and 750 (40% did worse than 25%); in stage 1 it led 15% at every evaluation after the first
-    # (9.9% against 7.5% at [MASK] at step 4,000).
+    # curves). Every stage masks 25% of the tokens rather than 15%: in stage 2 it reached after 500 steps a
+    # held-out loss that 15% reached only between steps 500 and 750 (40% did worse than 25%); in stage 1 it
+    # led 15% at every evaluation after the first (9.9% against 7.5% at [MASK] at step 4,000).
     "budget-stage1-len32": {
         **_BUDGET_COMMON,
         "max_seq_len": 32,
@@ -56,7 +56,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # 2e-3 lies between two peak rates that did equally well over six minutes from the stage-1 model
     # (1e-3 and 3e-3). Not compiled: with 25% masked, a compiled step took 0.626 s against 0.587 s eager
     # on the 2-core CPU (80-step runs, one session). The 3,900-step schedule was sized from that 0.587 s;
-    # the released stage 2 took 0.650 s a step (median) and its 39.5 minutes stopped it at step 3,545,
+    # the fourth release's stage 2 took 0.650 s a step (median) and its 39.5 minutes stopped it at step 3,545,
     # the learning rate at 9% of its peak.
     "budget-stage2-len128": {
         **_BUDGET_COMMON,
