@@ -190,6 +190,24 @@ def test_rows_pretrained_keeps_the_control_only_for_the_config_it_was_built_from
         experiment.check_control_config(kept)
 
 
+def test_finetune_epochs_override_the_sweeps_epoch_count_only_for_the_named_task(experiment, tmp_path):
+    argv = ["--out", str(tmp_path), "--tasks", "nsmc", "korsts", "--seeds", "1", "--rows", "pretrained"]
+    choice = {
+        "rows": {"pretrained": {task: {"learning_rate": 1e-3, "epochs": 2.0} for task in ("nsmc", "korsts")}}
+    }
+
+    def epochs_by_task(extra: list[str]) -> dict[str, str]:
+        args = experiment.build_parser().parse_args([*argv, *extra])
+        args.max_train_examples = experiment.parse_limits(args.max_train_examples)
+        jobs, _ = experiment.finetune_jobs(args, choice)
+        return {job.task: job.command[job.command.index("--epochs") + 1] for job in jobs}
+
+    assert epochs_by_task([]) == {"nsmc": "2.0", "korsts": "2.0"}
+    assert epochs_by_task(["--finetune-epochs", "korsts=4"]) == {"nsmc": "2.0", "korsts": "4.0"}
+    with pytest.raises(SystemExit):
+        experiment.build_parser().parse_args(["--finetune-epochs", "korsts=none"])
+
+
 @pytest.mark.slow
 def test_sweep_finetune_report_end_to_end(experiment, tmp_path, tiny_tokenizer):
     model_dir = tmp_path / "model"

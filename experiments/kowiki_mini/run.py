@@ -550,12 +550,8 @@ def finetune_jobs(args: argparse.Namespace, choice: dict[str, Any]) -> tuple[lis
                     continue
                 command = reforbert_job(protocol, args, result, tuning=False)
                 command += ["--model", str(model), "--seed", str(seed)]
-                command += [
-                    "--learning-rate",
-                    str(setting["learning_rate"]),
-                    "--epochs",
-                    str(setting["epochs"]),
-                ]
+                epochs = dict(args.finetune_epochs).get(protocol.task, setting["epochs"])
+                command += ["--learning-rate", str(setting["learning_rate"]), "--epochs", str(epochs)]
                 jobs.append(Job(name, command, log, threads_per_job(args), result, protocol.task, seed))
     return jobs, skipped
 
@@ -582,6 +578,18 @@ def parse_limits(values: Sequence[str]) -> dict[str, int]:
             )
         limits[task] = int(number)
     return limits
+
+
+def task_epochs(value: str) -> tuple[str, float]:
+    """One ``TASK=EPOCHS`` of ``--finetune-epochs``."""
+    task, _, number = value.partition("=")
+    try:
+        epochs = float(number)
+    except ValueError:
+        epochs = 0.0
+    if task not in TASK_NAMES or epochs <= 0:
+        raise argparse.ArgumentTypeError(f"wants TASK=EPOCHS with a task of {TASK_NAMES}: {value!r}")
+    return task, epochs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -682,6 +690,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="TASK=N",
         help="Override the protocol's training subset of a task (N=0: all of it), e.g. nsmc=20000.",
+    )
+    add(
+        "--finetune-epochs",
+        nargs="+",
+        type=task_epochs,
+        default=[],
+        metavar="TASK=EPOCHS",
+        help="Train the finetune stage of a task for this many epochs instead of the sweep's choice (the "
+        "learning rate still comes from the sweep), e.g. korsts=4 for a longer run on more data than the "
+        "sweep could afford.",
     )
     add("--parallel", type=int, default=2, help="Runs at a time; the cores are split between them.")
     add("--threads-per-job", type=int, default=0, help="Threads of each run (default: cores / --parallel).")
