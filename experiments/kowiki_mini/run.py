@@ -23,6 +23,9 @@ GPU. Examples::
     python experiments/kowiki_mini/run.py                          # sweep, finetune, report
     python experiments/kowiki_mini/run.py --stages finetune,report --seeds 1 2 3 4 5
     python experiments/kowiki_mini/run.py --model NEW_CHECKPOINT --rows pretrained   # keep OUT's control
+    # KorSTS on all its training pairs, 4 epochs in the finetune stage:
+    python experiments/kowiki_mini/run.py --tasks korsts --max-train-examples korsts=0 \\
+        --finetune-epochs korsts=4
 """
 
 from __future__ import annotations
