@@ -37,7 +37,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # the previous stage's model. Not the released checkpoint's line: every model descending from this
     # stage 1 (25% masked) fine-tunes on KorSTS at the level of random weights, where the long stage 2s
     # from the released line's stage 1 (15% masked) reach 30-40 (README.md, "Why the release left the
-    # budget recipe's line").
+    # budget recipe's line"). This recipe with stage 1 at 15% instead, all else equal, reached 17.7% in the
+    # hour and KorSTS 11.8 and 26.0 (two seeds): masking is at most part of that failure.
     # At length 128 every recipe tried from random weights stayed on the unigram plateau for 10-12 minutes;
     # at length 32 the model leaves it after about 1,000 steps (experiments/kowiki_mini/README.md has the
     # curves). Every stage masks 25% of the tokens rather than 15%: in stage 2 it reached after 500 steps a
