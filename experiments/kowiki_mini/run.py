@@ -531,6 +531,7 @@ def chosen_setting(choice: dict[str, Any], row: str, task: str) -> dict[str, Any
 def finetune_jobs(args: argparse.Namespace, choice: dict[str, Any]) -> tuple[list[Job], list[dict[str, Any]]]:
     """The runs of the finetune stage, and a record for every run that cannot start (no setting chosen)."""
     jobs, skipped = [], []
+    epochs_override = dict(args.finetune_epochs)
     for protocol in selected(args):
         for row, model in model_dirs(args).items():
             if row not in args.rows:
@@ -553,7 +554,7 @@ def finetune_jobs(args: argparse.Namespace, choice: dict[str, Any]) -> tuple[lis
                     continue
                 command = reforbert_job(protocol, args, result, tuning=False)
                 command += ["--model", str(model), "--seed", str(seed)]
-                epochs = dict(args.finetune_epochs).get(protocol.task, setting["epochs"])
+                epochs = epochs_override.get(protocol.task, setting["epochs"])
                 command += ["--learning-rate", str(setting["learning_rate"]), "--epochs", str(epochs)]
                 jobs.append(Job(name, command, log, threads_per_job(args), result, protocol.task, seed))
     return jobs, skipped
@@ -659,7 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=float,
         default=[3.0],
-        help="The sweep's epoch counts (the finetune stage uses the chosen one).",
+        help="The sweep's epoch counts (the finetune stage uses the chosen one unless --finetune-epochs "
+        "names the task).",
     )
     add(
         "--sweep-control",
