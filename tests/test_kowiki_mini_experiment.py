@@ -208,6 +208,19 @@ def test_finetune_epochs_override_the_sweeps_epoch_count_only_for_the_named_task
         experiment.build_parser().parse_args(["--finetune-epochs", "korsts=none"])
 
 
+def test_a_partial_run_is_recorded_under_its_own_rows_and_tasks(experiment, tmp_path):
+    def label(stage: str, *argv: str) -> str:
+        args = experiment.build_parser().parse_args(["--out", str(tmp_path), *argv])
+        return experiment.stage_label(stage, args)
+
+    assert label("finetune") == "finetune"
+    assert label("finetune", "--rows", "control", "pretrained") == "finetune"
+    assert label("finetune", "--rows", "pretrained") == "finetune (pretrained row)"
+    assert label("sweep", "--tasks", "paws", "kornli") == "sweep (paws, kornli)"
+    assert label("finetune", "--rows", "control", "--tasks", "korsts") == "finetune (control row; korsts)"
+    assert label("report", "--rows", "pretrained", "--tasks", "korsts") == "report"
+
+
 @pytest.mark.slow
 def test_sweep_finetune_report_end_to_end(experiment, tmp_path, tiny_tokenizer):
     model_dir = tmp_path / "model"
@@ -290,12 +303,13 @@ def test_sweep_finetune_report_end_to_end(experiment, tmp_path, tiny_tokenizer):
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["jobs"]["sweep-question-pair-pretrained-lr0.001-ep1"]["exit_code"] == 2
     assert summary["jobs"]["finetune-nsmc-control-seed2"]["exit_code"] == 0
-    assert set(summary["stages"]) == {"sweep", "finetune", "report"}
+    partial = ("sweep (nsmc, question-pair)", "finetune (nsmc, question-pair)")
+    assert set(summary["stages"]) == {*partial, "report"}
 
     # A later report-only invocation records its own settings beside, not over, those the runs used.
     assert experiment.main(["--model", str(model_dir), "--out", str(out), "--stages", "report"]) == 0
     settings = json.loads((out / "summary.json").read_text(encoding="utf-8"))["settings"]
-    assert settings["sweep"]["learning_rates"] == settings["finetune"]["learning_rates"] == "[0.001]"
+    assert settings[partial[0]]["learning_rates"] == settings[partial[1]]["learning_rates"] == "[0.001]"
     assert settings["report"]["stages"] == "report"
 
 

@@ -596,6 +596,22 @@ def task_epochs(value: str) -> tuple[str, float]:
     return task, epochs
 
 
+def stage_label(stage: str, args: argparse.Namespace) -> str:
+    """The key under which summary.json records a stage's clock and settings.
+
+    A sweep or finetune run of some rows or tasks gets its own key (``finetune (pretrained row; korsts)``),
+    so that it does not overwrite the record of the run that produced the table's other cells.
+    """
+    if stage == "report":
+        return stage
+    scope = []
+    if set(args.rows) != {PRETRAINED, CONTROL}:
+        scope.append(f"{', '.join(args.rows)} row")
+    if set(args.tasks) != set(TASK_NAMES):
+        scope.append(", ".join(args.tasks))
+    return f"{stage} ({'; '.join(scope)})" if scope else stage
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -771,8 +787,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             records += run_jobs(jobs, args.parallel)
         else:
             report(args)
-        summary.setdefault("stages", {})[stage] = round(time.time() - started, 1)
-        summary["settings"][stage] = settings
+        label = stage_label(stage, args)
+        summary.setdefault("stages", {})[label] = round(time.time() - started, 1)
+        summary["settings"][label] = settings
         for record in records:
             summary["jobs"][record["job"]] = record
         summary_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
