@@ -208,6 +208,34 @@ def test_finetune_epochs_override_the_sweeps_epoch_count_only_for_the_named_task
         experiment.build_parser().parse_args(["--finetune-epochs", "korsts=none"])
 
 
+def test_task_epochs_sweep_the_named_task_at_the_epochs_the_finetune_stage_uses(experiment, tmp_path):
+    argv = ["--out", str(tmp_path), "--tasks", "nsmc", "paws", "--rows", "pretrained", "--seeds", "1"]
+    argv += ["--learning-rates", "3e-4", "1e-3", "--epochs", "2", "3", "--task-epochs", "paws=5"]
+    args = experiment.build_parser().parse_args(argv)
+    args.max_train_examples = experiment.parse_limits(args.max_train_examples)
+
+    swept = sorted(job.name for job in experiment.sweep_jobs(args))
+    assert swept == sorted(
+        [f"sweep-nsmc-pretrained-lr{lr}-ep{ep}" for lr in ("0.0003", "0.001") for ep in (2, 3)]
+        + ["sweep-paws-pretrained-lr0.0003-ep5", "sweep-paws-pretrained-lr0.001-ep5"]
+    )
+
+    sweep = tmp_path / "sweep" / "pretrained"
+    write_sweep_result(sweep, "paws.lr0.0003.ep5.json", 55.0, 0.0)
+    write_sweep_result(sweep, "paws.lr0.001.ep5.json", 58.0, 0.0)
+    # A result at the grid's epochs is not a candidate for a task swept at its own epochs.
+    write_sweep_result(sweep, "paws.lr0.0003.ep2.json", 90.0, 0.0)
+    choice = experiment.choose(args)
+    paws = choice["rows"]["pretrained"]["paws"]
+    assert (paws["learning_rate"], paws["epochs"]) == (1e-3, 5.0)
+    assert len(paws["candidates"]) == 2
+
+    jobs, _ = experiment.finetune_jobs(args, choice)
+    paws_job = next(job for job in jobs if job.task == "paws")
+    assert paws_job.command[paws_job.command.index("--epochs") + 1] == "5.0"
+    assert paws_job.command[paws_job.command.index("--learning-rate") + 1] == "0.001"
+
+
 def test_a_partial_run_is_recorded_under_its_own_rows_and_tasks(experiment, tmp_path):
     def label(stage: str, *argv: str) -> str:
         args = experiment.build_parser().parse_args(["--out", str(tmp_path), *argv])

@@ -23,9 +23,9 @@ GPU. Examples::
     python experiments/kowiki_mini/run.py                          # sweep, finetune, report
     python experiments/kowiki_mini/run.py --stages finetune,report --seeds 1 2 3 4 5
     python experiments/kowiki_mini/run.py --model NEW_CHECKPOINT --rows pretrained   # keep OUT's control
-    # KorSTS on all its training pairs, 4 epochs in the finetune stage:
+    # KorSTS on all its training pairs, its learning rate chosen at the 4 epochs it is reported with:
     python experiments/kowiki_mini/run.py --tasks korsts --max-train-examples korsts=0 \\
-        --finetune-epochs korsts=4
+        --task-epochs korsts=4
 """
 
 from __future__ import annotations
@@ -447,7 +447,7 @@ def sweep_jobs(args: argparse.Namespace) -> list[Job]:
     for protocol in selected(args):
         for row in rows:
             for learning_rate in args.learning_rates:
-                for epochs in args.epochs:
+                for epochs in epoch_grid(args, protocol.task):
                     name = f"sweep-{protocol.task}-{row}-lr{learning_rate:g}-ep{epochs:g}"
                     result = (
                         args.out / "sweep" / row / f"{protocol.task}.lr{learning_rate:g}.ep{epochs:g}.json"
@@ -462,6 +462,12 @@ def sweep_jobs(args: argparse.Namespace) -> list[Job]:
                         Job(name, command, log, threads_per_job(args), result, protocol.task, args.sweep_seed)
                     )
     return jobs
+
+
+def epoch_grid(args: argparse.Namespace, task: str) -> list[float]:
+    """The epoch counts the sweep tries for ``task``: its ``--task-epochs`` if given, else ``--epochs``."""
+    fixed = dict(args.task_epochs)
+    return [fixed[task]] if task in fixed else list(args.epochs)
 
 
 def finished_result(path: Path) -> bool:
@@ -488,7 +494,7 @@ def choose(args: argparse.Namespace) -> dict[str, Any]:
         for protocol in selected(args):
             candidates = []
             for learning_rate in args.learning_rates:
-                for epochs in args.epochs:
+                for epochs in epoch_grid(args, protocol.task):
                     path = args.out / "sweep" / row / f"{protocol.task}.lr{learning_rate:g}.ep{epochs:g}.json"
                     if not path.is_file():
                         continue
@@ -585,7 +591,7 @@ def parse_limits(values: Sequence[str]) -> dict[str, int]:
 
 
 def task_epochs(value: str) -> tuple[str, float]:
-    """One ``TASK=EPOCHS`` of ``--finetune-epochs``."""
+    """One ``TASK=EPOCHS`` of ``--task-epochs`` or ``--finetune-epochs``."""
     task, _, number = value.partition("=")
     try:
         epochs = float(number)
@@ -713,14 +719,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="Override the protocol's training subset of a task (N=0: all of it), e.g. nsmc=20000.",
     )
     add(
+        "--task-epochs",
+        nargs="+",
+        type=task_epochs,
+        default=[],
+        metavar="TASK=EPOCHS",
+        help="Train a task for this many epochs in the sweep and the finetune stage alike (instead of the "
+        "--epochs grid), so that its learning rate is chosen at the epoch count and data it is reported "
+        "with, e.g. paws=5.",
+    )
+    add(
         "--finetune-epochs",
         nargs="+",
         type=task_epochs,
         default=[],
         metavar="TASK=EPOCHS",
         help="Train the finetune stage of a task for this many epochs instead of the sweep's choice (the "
-        "learning rate still comes from the sweep), e.g. korsts=4 for a longer run on more data than the "
-        "sweep could afford.",
+        "learning rate still comes from a sweep at other epochs), e.g. korsts=4 where the sweep could not "
+        "afford the longer run; --task-epochs is the consistent choice.",
     )
     add("--parallel", type=int, default=2, help="Runs at a time; the cores are split between them.")
     add("--threads-per-job", type=int, default=0, help="Threads of each run (default: cores / --parallel).")
