@@ -449,9 +449,7 @@ def sweep_jobs(args: argparse.Namespace) -> list[Job]:
             for learning_rate in args.learning_rates:
                 for epochs in epoch_grid(args, protocol.task):
                     name = f"sweep-{protocol.task}-{row}-lr{learning_rate:g}-ep{epochs:g}"
-                    result = (
-                        args.out / "sweep" / row / f"{protocol.task}.lr{learning_rate:g}.ep{epochs:g}.json"
-                    )
+                    result = sweep_result(args, row, protocol.task, learning_rate, epochs)
                     if args.keep_sweep_results and finished_result(result):
                         continue
                     command = reforbert_job(protocol, args, result, tuning=True)
@@ -462,6 +460,11 @@ def sweep_jobs(args: argparse.Namespace) -> list[Job]:
                         Job(name, command, log, threads_per_job(args), result, protocol.task, args.sweep_seed)
                     )
     return jobs
+
+
+def sweep_result(args: argparse.Namespace, row: str, task: str, learning_rate: float, epochs: float) -> Path:
+    """Where the sweep run of one (row, task, learning rate, epochs) writes its scores."""
+    return args.out / "sweep" / row / f"{task}.lr{learning_rate:g}.ep{epochs:g}.json"
 
 
 def epoch_grid(args: argparse.Namespace, task: str) -> list[float]:
@@ -495,7 +498,7 @@ def choose(args: argparse.Namespace) -> dict[str, Any]:
             candidates = []
             for learning_rate in args.learning_rates:
                 for epochs in epoch_grid(args, protocol.task):
-                    path = args.out / "sweep" / row / f"{protocol.task}.lr{learning_rate:g}.ep{epochs:g}.json"
+                    path = sweep_result(args, row, protocol.task, learning_rate, epochs)
                     if not path.is_file():
                         continue
                     data = json.loads(path.read_text(encoding="utf-8"))
