@@ -65,25 +65,46 @@ def test_chunked_lsh_kernel_equals_the_reference_in_outputs_and_gradients(
     queries, keys, values, key_is_real, order = _lsh_inputs(
         batch, heads, length, 8, rounds, bucket_size, real_lengths
     )
+    chunked = _kernel_results("chunked", (queries, keys, values), key_is_real, order, bucket_size)
+    reference = _kernel_results("reference", (queries, keys, values), key_is_real, order, bucket_size)
+    for name, actual, expected in zip(KERNEL_RESULT_NAMES, chunked, reference, strict=True):
+        assert_close(actual, expected, name)
+
+
+def test_chunked_lsh_kernel_in_bfloat16_stays_close_to_the_float32_reference(monkeypatch):
+    """Under bf16 autocast the kernel gets bf16 queries, keys and values: its products are then taken in
+    bf16 and added into float32 totals, a branch of its own."""
+    bucket_size = 8
+    monkeypatch.setattr(modeling, "LSH_SCORES_PER_SLICE", 3 * bucket_size**2 * 8)
+    queries, keys, values, key_is_real, order = _lsh_inputs(2, 2, 48, 8, 3, bucket_size, [48, 30])
+    low = tuple(t.to(torch.bfloat16) for t in (queries, keys, values))
+    chunked = _kernel_results("chunked", low, key_is_real, order, bucket_size)
+    reference = _kernel_results("reference", tuple(t.float() for t in low), key_is_real, order, bucket_size)
+    for name, actual, expected in zip(KERNEL_RESULT_NAMES, chunked, reference, strict=True):
+        assert actual.dtype == (torch.float32 if name == "log-sum-exps" else torch.bfloat16), name
+        assert_close(actual.float(), expected, name, tolerance=3e-2)
+
+
+KERNEL_RESULT_NAMES = ("outputs", "log-sum-exps", "query gradients", "key gradients", "value gradients")
+
+
+def _kernel_results(kernel, tensors, key_is_real, order, bucket_size) -> tuple[torch.Tensor, ...]:
+    """Outputs, log-sum-exps and the gradients of (queries, keys, values) of one chunk-attention kernel,
+    backpropagating fixed random weights of the outputs and the log-sum-exps."""
+    batch, heads, rounds, length = order.shape
     generator = torch.Generator().manual_seed(1)
-    grad_outputs = torch.randn(batch, heads, rounds, length, 8, generator=generator)
+    grad_outputs = torch.randn(batch, heads, rounds, length, tensors[0].shape[-1], generator=generator)
     grad_log_normalisers = torch.randn(batch, heads, rounds, length, generator=generator)
-    results = {}
-    for kernel in ("reference", "chunked"):
-        inputs = [t.clone().requires_grad_() for t in (queries, keys, values)]
-        if kernel == "reference":
-            outputs, log_normalisers = modeling.lsh_chunk_attention_reference(
-                *inputs, key_is_real, order, bucket_size, 0.0, False
-            )
-        else:
-            outputs, log_normalisers = modeling.LshChunkAttention.apply(
-                *inputs, key_is_real, order, bucket_size
-            )
-        ((outputs * grad_outputs).sum() + (log_normalisers * grad_log_normalisers).sum()).backward()
-        results[kernel] = (outputs, log_normalisers, *(t.grad for t in inputs))
-    names = ("outputs", "log-sum-exps", "query gradients", "key gradients", "value gradients")
-    for name, chunked, reference in zip(names, results["chunked"], results["reference"], strict=True):
-        assert_close(chunked.detach(), reference.detach(), name)
+    inputs = [t.clone().requires_grad_() for t in tensors]
+    if kernel == "reference":
+        outputs, log_normalisers = modeling.lsh_chunk_attention_reference(
+            *inputs, key_is_real, order, bucket_size, 0.0, False
+        )
+    else:
+        outputs, log_normalisers = modeling.LshChunkAttention.apply(*inputs, key_is_real, order, bucket_size)
+    weighted = (outputs.float() * grad_outputs).sum() + (log_normalisers * grad_log_normalisers).sum()
+    weighted.backward()
+    return tuple(t.detach() for t in (outputs, log_normalisers, *(t.grad for t in inputs)))
 
 
 def test_chunked_lsh_kernel_keeps_no_scores_for_backward():

@@ -415,6 +415,23 @@ def lsh_chunk_attention_reference(
 LSH_SCORES_PER_SLICE = 1 << 20
 
 
+def _add_batched_products(total: torch.Tensor, left: torch.Tensor, right: torch.Tensor, alpha: float = 1.0):
+    """total += alpha * (left @ right), batched, in place. ``total`` is float32; the factors may be of a
+    lower precision, whose product is then rounded to it before being added (as autocast would)."""
+    if left.dtype == total.dtype:
+        total.baddbmm_(left, right, alpha=alpha)  # one kernel, no temporary product
+    else:
+        total.add_(torch.bmm(left, right), alpha=alpha)
+
+
+def _write_batched_products(target: torch.Tensor, left: torch.Tensor, right: torch.Tensor, alpha: float):
+    """target = alpha * (left @ right), batched, into float32 ``target`` (left and right as above)."""
+    if left.dtype == target.dtype:
+        target.baddbmm_(left, right, beta=0.0, alpha=alpha)  # beta 0: target's old values are ignored
+    else:
+        torch.mul(torch.bmm(left, right), alpha, out=target)
+
+
 class LshChunkAttention(torch.autograd.Function):
     """Chunk attention over the sorted order without materialised look-around windows.
 
@@ -444,7 +461,9 @@ class LshChunkAttention(torch.autograd.Function):
                 sorted_output = torch.zeros(probabilities.shape[1:3] + (head_dim,), device=values.device)
                 for offset_probabilities, offset in zip(probabilities, layout.offsets, strict=True):
                     shifted_values = layout.shifted(sorted_values, offset)
-                    sorted_output += torch.bmm(offset_probabilities.to(values.dtype), shifted_values)
+                    _add_batched_products(
+                        sorted_output, offset_probabilities.to(values.dtype), shifted_values
+                    )
                 layout.scatter(outputs, sorted_output.to(values.dtype), groups)
                 layout.scatter(log_normalisers, log_normaliser, groups)
         outputs = outputs.view(batch, heads, rounds, length, head_dim)
@@ -457,7 +476,7 @@ class LshChunkAttention(torch.autograd.Function):
     def backward(ctx, grad_outputs, grad_log_normalisers):
         queries, keys, values, outputs, log_normalisers = ctx.saved_tensors
         layout: _SortedChunkLayout = ctx.layout
-        scale = math.sqrt(queries.shape[-1])
+        inverse_scale = 1.0 / math.sqrt(queries.shape[-1])
         if grad_outputs is None:
             grad_outputs = torch.zeros_like(outputs)
         if grad_log_normalisers is None:
@@ -486,18 +505,23 @@ class LshChunkAttention(torch.autograd.Function):
                 for offset_probabilities, offset in zip(probabilities, layout.offsets, strict=True):
                     shifted_keys = layout.shifted(sorted_keys, offset)
                     shifted_values = layout.shifted(sorted_values, offset)
+                    # d loss / d p, then d loss / d score, in place on the fresh float32 product.
                     grad_scores = torch.bmm(sorted_grad, shifted_values.transpose(1, 2)).float()
-                    grad_scores = offset_probabilities * (grad_scores + sorted_terms)
+                    grad_scores.add_(sorted_terms).mul_(offset_probabilities)
                     # Scores overwritten by the padding penalty do not depend on queries or keys.
                     if layout.has_padding:
                         grad_scores.masked_fill_(layout.key_is_padding(groups, offset), 0.0)
-                    grad_scores = (grad_scores / scale).to(queries.dtype)
-                    grad_queries += torch.bmm(grad_scores, shifted_keys)
-                    layout.shifted(grad_keys, offset).add_(
-                        torch.bmm(grad_scores.transpose(1, 2), inner_queries)
+                    # The score's 1 / sqrt(head_dim) enters the two products below as their alpha.
+                    grad_scores = grad_scores.to(queries.dtype)
+                    _add_batched_products(grad_queries, grad_scores, shifted_keys, inverse_scale)
+                    _add_batched_products(
+                        layout.shifted(grad_keys, offset),
+                        grad_scores.transpose(1, 2),
+                        inner_queries,
+                        inverse_scale,
                     )
                     transposed = offset_probabilities.to(values.dtype).transpose(1, 2)
-                    layout.shifted(grad_values, offset).add_(torch.bmm(transposed, sorted_grad))
+                    _add_batched_products(layout.shifted(grad_values, offset), transposed, sorted_grad)
                 grad_queries = F.pad(grad_queries, (0, 0, 0, 0, 1, 1))
                 for grad, sorted_rows in zip(grads, (grad_queries, grad_keys, grad_values), strict=True):
                     layout.scatter_add(grad, sorted_rows, groups)
@@ -592,10 +616,11 @@ class _SortedChunkLayout:
         scores = torch.empty(
             len(self.offsets), *inner_queries.shape[:2], self.chunk, device=sorted_queries.device
         )
+        # The reference's steps in its order: scale, pad, then the self-penalty; the scale rides on the
+        # product (times 1 / sqrt(head_dim) instead of a division: equal up to rounding).
         for offset_scores, offset in zip(scores, self.offsets, strict=True):
-            offset_scores.copy_(torch.bmm(inner_queries, self.shifted(sorted_keys, offset).transpose(1, 2)))
-        # The same operations, in the same order, as the reference: scale, pad, then the self-penalty.
-        scores.div_(math.sqrt(head_dim))
+            shifted_keys = self.shifted(sorted_keys, offset).transpose(1, 2)
+            _write_batched_products(offset_scores, inner_queries, shifted_keys, 1.0 / math.sqrt(head_dim))
         if self.has_padding:
             for offset_scores, offset in zip(scores, self.offsets, strict=True):
                 offset_scores.masked_fill_(self.key_is_padding(groups, offset), PADDING_PENALTY)
