@@ -108,8 +108,9 @@ def _kernel_results(kernel, tensors, key_is_real, order, bucket_size) -> tuple[t
 
 
 def test_chunked_lsh_kernel_keeps_no_scores_for_backward():
-    """Autograd state of the chunked kernel is linear in the length: its inputs, outputs and log-sum-exps,
-    nothing of the (length x 3 x chunk) scores the reference keeps."""
+    """Autograd state of the chunked kernel is linear in the length: its inputs, outputs and two numbers
+    per row (maximum score, log of the sum of exponentials), nothing of the (length x 3 x chunk) scores
+    the reference keeps."""
     batch, heads, length, head_dim, rounds, bucket_size = 1, 2, 256, 4, 2, 32
     queries, keys, values, key_is_real, order = _lsh_inputs(
         batch, heads, length, head_dim, rounds, bucket_size, [length]
@@ -128,9 +129,24 @@ def test_chunked_lsh_kernel_keeps_no_scores_for_backward():
     reference = saved_elements(
         lambda: modeling.lsh_chunk_attention_reference(*inputs, key_is_real, order, bucket_size, 0.0, False)
     )
-    linear = batch * heads * length * (3 * head_dim + rounds * (head_dim + 1))
+    linear = batch * heads * length * (3 * head_dim + rounds * (head_dim + 2))
     assert chunked <= linear
     assert reference > 3 * bucket_size * batch * heads * rounds * length  # one score per key in the window
+
+
+def test_round_mixing_is_the_same_with_and_without_autograd():
+    """mix_rounds takes a running sum where nothing needs gradients and the product form otherwise."""
+    generator = torch.Generator().manual_seed(0)
+    outputs = torch.randn(2, 3, 4, 50, 8, generator=generator)
+    log_normalisers = 3 * torch.randn(2, 3, 4, 50, generator=generator)
+    with torch.no_grad():
+        running_sum = modeling.mix_rounds(outputs, log_normalisers)
+    product = modeling.mix_rounds(outputs.requires_grad_(), log_normalisers)
+    assert product.requires_grad
+    weights = torch.softmax(log_normalisers, dim=2)
+    expected = torch.einsum("bhrld,bhrl->bhld", outputs.detach(), weights)
+    assert_close(running_sum, expected, "running sum")
+    assert_close(product.detach(), expected, "product form")
 
 
 # ---------------------------------------------------------------------------------------------------
