@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoConfig,
@@ -380,6 +381,27 @@ def test_pretraining_with_nothing_masked_gives_a_zero_mlm_loss_that_still_backpr
     output.loss.backward()
     assert model.nsp_head.weight.grad.abs().sum() > 0  # the next-sentence loss still trains
     assert not model.lm_head.dense.weight.grad.any()  # the head is in the graph, with zero gradient
+
+
+def test_masked_lm_loss_is_cross_entropy_over_the_labelled_positions_with_logits_everywhere():
+    """The loss takes the log-softmax of labelled rows only; value and gradient are those of
+    cross-entropy over every position with ignore_index, and the logits still cover every position."""
+    torch.manual_seed(0)
+    model = ReforBertForMaskedLM(tiny_config()).train()
+    ids = random_ids(2, 12)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[0, 3] = ids[0, 3]
+    labels[1, [1, 7]] = ids[1, [1, 7]]
+    output = model(ids, labels=labels)
+    assert output.logits.shape == (2, 12, VOCAB)
+    everywhere = F.cross_entropy(output.logits.view(-1, VOCAB), labels.view(-1), ignore_index=IGNORE_INDEX)
+    assert torch.allclose(output.loss, everywhere)
+    (grad_of_loss,) = torch.autograd.grad(output.loss, output.logits, retain_graph=True)
+    (grad_of_everywhere,) = torch.autograd.grad(everywhere, output.logits)
+    assert grad_of_loss.count_nonzero() == 3 * VOCAB
+    assert torch.allclose(grad_of_loss, grad_of_everywhere)
+    nothing_labelled = model(ids, labels=torch.full_like(ids, IGNORE_INDEX)).loss
+    assert torch.isnan(nothing_labelled)  # as cross-entropy with every target ignored
 
 
 # ---------------------------------------------------------------------------------------------------

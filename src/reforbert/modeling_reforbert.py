@@ -1155,7 +1155,13 @@ class ReforBertForMaskedLM(_MaskedLMMixin, ReforBertPreTrainedModel):
         logits = self.lm_head(encoded.last_hidden_state)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1))
+            # Only the labelled rows enter the log-softmax: the same mean as cross-entropy with
+            # ignore_index over every position, without a (positions x vocabulary) log-softmax and its
+            # gradient in memory (at 8,192 positions two 262 MB tensors, most of them ignored).
+            flat_labels = labels.reshape(-1)
+            rows = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)
+            labelled_logits = logits.reshape(-1, logits.shape[-1]).index_select(0, rows)
+            loss = F.cross_entropy(labelled_logits.float(), flat_labels.index_select(0, rows))
         output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states)
         return output if _return_dict(self.config, return_dict) else output.to_tuple()
 
