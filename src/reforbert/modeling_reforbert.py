@@ -1155,13 +1155,14 @@ class ReforBertForMaskedLM(_MaskedLMMixin, ReforBertPreTrainedModel):
         logits = self.lm_head(encoded.last_hidden_state)
         loss = None
         if labels is not None:
-            # Only the labelled rows enter the log-softmax: the same mean as cross-entropy with
-            # ignore_index over every position, without a (positions x vocabulary) log-softmax and its
-            # gradient in memory (at 8,192 positions two 262 MB tensors, most of them ignored).
+            # The loss is cross-entropy over the labelled rows, which get a head call of their own: the
+            # same value and gradients as cross-entropy with ignore_index over ``logits``, but backward
+            # multiplies those rows only, and no (positions x vocabulary) log-softmax or gradient of
+            # it is kept (at 8,192 positions 262 MB each). ``logits`` still covers every position.
             flat_labels = labels.reshape(-1)
             rows = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)
-            labelled_logits = logits.reshape(-1, logits.shape[-1]).index_select(0, rows)
-            loss = F.cross_entropy(labelled_logits.float(), flat_labels.index_select(0, rows))
+            labelled_states = encoded.last_hidden_state.flatten(0, 1).index_select(0, rows)
+            loss = F.cross_entropy(self.lm_head(labelled_states).float(), flat_labels.index_select(0, rows))
         output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states)
         return output if _return_dict(self.config, return_dict) else output.to_tuple()
 
