@@ -746,6 +746,8 @@ def run_benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
         "reforbert_modeling_sha256": modeling_source_digest(),
         "targets": args.targets,
         "peak_tflops": args.peak_tflops,
+        # glibc's allocator settings change throughput and memory (README); the children inherit them.
+        "allocator_environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
     }
     records: list[dict[str, Any]] = []
     run_started = time.perf_counter()
@@ -870,6 +872,14 @@ def _failure_detail(record: dict[str, Any]) -> str:
     return status
 
 
+def allocator_lines(environment: dict[str, str]) -> list[str]:
+    """The header line naming the glibc allocator settings a run had, if any (none: glibc's defaults)."""
+    if not environment:
+        return []
+    settings = " ".join(f"{name}={value}" for name, value in environment.items())
+    return [f"Allocator environment (inherited by every child): `{settings}`."]
+
+
 def write_markdown(path: Path, run_info: dict[str, Any], records: list[dict[str, Any]]) -> None:
     from reforbert.fileio import atomic_file
 
@@ -902,6 +912,7 @@ def write_markdown(path: Path, run_info: dict[str, Any], records: list[dict[str,
         f"vocabulary projection covers every position up to {MASKED_ROWS_ONLY_BEYOND:,} tokens and only the "
         "masked ones beyond (ReforBERT's pretraining head, no peer runs there).",
         f"ReforBERT model code: modeling_reforbert.py sha256 {run_info.get('reforbert_modeling_sha256')}.",
+        *allocator_lines(run_info.get("allocator_environment") or {}),
         "",
         "## Tokens per second (training step)",
         "",

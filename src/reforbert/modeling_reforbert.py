@@ -425,9 +425,7 @@ def lsh_chunk_attention_reference(
 LSH_SCORES_PER_SLICE = 1 << 20
 
 
-def _add_batched_products(
-    total: torch.Tensor, left: torch.Tensor, right: torch.Tensor, alpha: float = 1.0
-) -> None:
+def _add_batched_products(total: torch.Tensor, left: torch.Tensor, right: torch.Tensor, alpha: float = 1.0):
     """total += alpha * (left @ right), batched, in place. ``total`` is float32; the factors may be of a
     lower precision, whose product is then rounded to it before being added (as autocast would)."""
     if left.dtype == total.dtype:
@@ -436,9 +434,7 @@ def _add_batched_products(
         total.add_(torch.bmm(left, right), alpha=alpha)
 
 
-def _write_batched_products(
-    target: torch.Tensor, left: torch.Tensor, right: torch.Tensor, alpha: float
-) -> None:
+def _write_batched_products(target: torch.Tensor, left: torch.Tensor, right: torch.Tensor, alpha: float):
     """target = alpha * (left @ right), batched, into float32 ``target`` (left and right as above)."""
     if left.dtype == target.dtype:
         target.baddbmm_(left, right, beta=0.0, alpha=alpha)  # beta 0: target's old values are ignored
