@@ -296,3 +296,14 @@ def test_flex_exact_attention_equals_the_dense_mask_reference(length, real_lengt
     assert torch.equal(seen, real)
     if real_lengths[0] == 1:  # a lone real token attends to itself, from every position
         assert_close(actual[0], values[0, :, :1].expand(-1, length, -1), "lone token")
+
+
+def test_whether_anything_is_padded_is_decided_once_per_pass_from_the_mask():
+    model = ReforBertModel(tiny_config())
+    everything_real = torch.ones(2, 40, dtype=torch.bool)
+    partly_padded = everything_real.clone()
+    partly_padded[1, 30:] = False
+    cases = [(everything_real, False, False), (everything_real, True, False), (partly_padded, True, True)]
+    for key_is_real, mask_given, expected in cases:
+        context = model._attention_context(key_is_real, torch.float32, mask_given)
+        assert context.has_padding is expected, (mask_given, key_is_real.all())

@@ -127,6 +127,10 @@ class AttentionContext:
 
     backend: str  # "full" or "lsh", already resolved from "auto"
     key_is_real: torch.Tensor  # (batch, length) bool, False at padding
+    # Whether any key is padding. Decided once per pass: reading a tensor's value on a GPU waits for
+    # every kernel queued before it, which in each layer (and again in the reversible replay) would
+    # stall the queue. True where unknown; then the padding masks are applied and change nothing.
+    has_padding: bool = True
     # Exact attention gets one of: the (batch, 1, length, length) additive mask of the SDPA kernel, or the
     # block mask of the FlexAttention kernel.
     full_attention_bias: torch.Tensor | None = None
@@ -325,6 +329,7 @@ def lsh_attention(
     dropout_p: float,
     training: bool,
     factors: tuple[int, ...] | None = None,
+    has_padding: bool | None = None,
 ) -> torch.Tensor:
     """Multi-round LSH attention over (batch, heads, length, head_dim) tensors; keys are unit length.
 
@@ -332,6 +337,7 @@ def lsh_attention(
     (heads, head_dim, rounds, sum(factors)). Each round hashes the shared query/key vectors to buckets,
     sorts positions by (bucket, position), cuts the order into chunks of ``bucket_size`` and lets each
     chunk attend to itself and its neighbours on both sides; rounds are mixed by :func:`mix_rounds`.
+    ``has_padding`` says whether ``key_is_real`` has a False anywhere (None: look, see AttentionContext).
     """
     order = lsh_sort_order(queries, key_is_real, rotations, factors)
     if (
@@ -343,8 +349,10 @@ def lsh_attention(
             queries, keys, values, key_is_real, order, bucket_size, dropout_p, training
         )
     else:
+        if has_padding is None:
+            has_padding = not bool(key_is_real.all())
         outputs, log_normalisers = LshChunkAttention.apply(
-            queries, keys, values, key_is_real, order, bucket_size
+            queries, keys, values, key_is_real, order, bucket_size, has_padding
         )
     return mix_rounds(outputs, log_normalisers)
 
@@ -425,19 +433,17 @@ def lsh_chunk_attention_reference(
 LSH_SCORES_PER_SLICE = 1 << 20
 
 
-def _add_batched_products(total: torch.Tensor, left: torch.Tensor, right: torch.Tensor, alpha: float = 1.0):
-    """total += alpha * (left @ right), batched, in place. ``total`` is float32; the factors may be of a
-    lower precision, whose product is then rounded to it before being added (as autocast would)."""
-    if left.dtype == total.dtype:
-        total.baddbmm_(left, right, alpha=alpha)  # one kernel, no temporary product
-    else:
-        total.add_(torch.bmm(left, right), alpha=alpha)
-
-
-def _write_batched_products(target: torch.Tensor, left: torch.Tensor, right: torch.Tensor, alpha: float):
-    """target = alpha * (left @ right), batched, into float32 ``target`` (left and right as above)."""
+def _batched_products_into(
+    target: torch.Tensor, left: torch.Tensor, right: torch.Tensor, alpha: float = 1.0, accumulate: bool = True
+) -> None:
+    """target += alpha * (left @ right), batched, in place; with ``accumulate`` False, target = that
+    product (its old values ignored). ``target`` is float32; the factors may be of a lower precision,
+    whose product is then rounded to it before it is scaled and stored (as autocast would)."""
     if left.dtype == target.dtype:
-        target.baddbmm_(left, right, beta=0.0, alpha=alpha)  # beta 0: target's old values are ignored
+        # One kernel, no temporary product; beta 0 ignores target's old values, NaN included.
+        target.baddbmm_(left, right, beta=1.0 if accumulate else 0.0, alpha=alpha)
+    elif accumulate:
+        target.add_(torch.bmm(left, right), alpha=alpha)
     else:
         torch.mul(torch.bmm(left, right), alpha, out=target)
 
@@ -460,10 +466,10 @@ class LshChunkAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, queries, keys, values, key_is_real, order, bucket_size):
+    def forward(ctx, queries, keys, values, key_is_real, order, bucket_size, has_padding=True):
         batch, heads, length, head_dim = queries.shape
         rounds = order.shape[2]
-        layout = _SortedChunkLayout(key_is_real, order, bucket_size)
+        layout = _SortedChunkLayout(key_is_real, order, bucket_size, has_padding)
         sources = [_rows_by_position(t) for t in (queries, keys, values)]
         outputs = values.new_empty(batch * heads * rounds * length, head_dim)
         maxima, log_row_sums = (
@@ -481,7 +487,7 @@ class LshChunkAttention(torch.autograd.Function):
                 sorted_output = torch.zeros(weights.shape[1:3] + (head_dim,), device=values.device)
                 for offset_weights, offset in zip(weights, layout.offsets, strict=True):
                     shifted_values = layout.shifted(sorted_values, offset)
-                    _add_batched_products(sorted_output, offset_weights.to(values.dtype), shifted_values)
+                    _batched_products_into(sorted_output, offset_weights.to(values.dtype), shifted_values)
                 sorted_output.div_(row_sums.unsqueeze(-1))
                 layout.scatter(outputs, sorted_output.to(values.dtype), groups)
                 layout.scatter(maxima, maximum, groups)
@@ -533,15 +539,15 @@ class LshChunkAttention(torch.autograd.Function):
                         grad_scores.masked_fill_(layout.key_is_padding(groups, offset), 0.0)
                     # The score's 1 / sqrt(head_dim) enters the two products below as their alpha.
                     grad_scores = grad_scores.to(queries.dtype)
-                    _add_batched_products(grad_queries, grad_scores, shifted_keys, inverse_scale)
-                    _add_batched_products(
+                    _batched_products_into(grad_queries, grad_scores, shifted_keys, inverse_scale)
+                    _batched_products_into(
                         layout.shifted(grad_keys, offset),
                         grad_scores.transpose(1, 2),
                         inner_queries,
                         inverse_scale,
                     )
                     transposed = offset_probabilities.to(values.dtype).transpose(1, 2)
-                    _add_batched_products(layout.shifted(grad_values, offset), transposed, sorted_grad)
+                    _batched_products_into(layout.shifted(grad_values, offset), transposed, sorted_grad)
                 grad_queries = F.pad(grad_queries, (0, 0, 0, 0, 1, 1))
                 for grad, sorted_rows in zip(grads, (grad_queries, grad_keys, grad_values), strict=True):
                     layout.scatter_add(grad, sorted_rows, groups)
@@ -549,7 +555,7 @@ class LshChunkAttention(torch.autograd.Function):
             _from_rows_by_position(grad, like)
             for grad, like in zip(grads, (queries, keys, values), strict=True)
         )
-        return grad_queries, grad_keys, grad_values, None, None, None
+        return grad_queries, grad_keys, grad_values, None, None, None, None
 
 
 def _rows_by_position(tensor: torch.Tensor) -> torch.Tensor:
@@ -573,7 +579,9 @@ class _SortedChunkLayout:
     last chunk of that, the rows whose scores are computed.
     """
 
-    def __init__(self, key_is_real: torch.Tensor, order: torch.Tensor, bucket_size: int) -> None:
+    def __init__(
+        self, key_is_real: torch.Tensor, order: torch.Tensor, bucket_size: int, has_padding: bool = True
+    ) -> None:
         batch, heads, rounds, length = order.shape
         self.chunk = bucket_size
         self.length = length
@@ -590,7 +598,7 @@ class _SortedChunkLayout:
         self.round_rows = group_index * length + extended.reshape(self.groups, -1)
         self.key_is_real = key_is_real.reshape(-1)[sequence_rows].reshape(self.groups, -1)
         # Most batches have no padding; then the padding masks change nothing and are skipped.
-        self.has_padding = not bool(key_is_real.all())
+        self.has_padding = has_padding
         scores_per_group = (self.n_chunks + 2) * len(self.offsets) * bucket_size**2
         self.groups_per_slice = max(1, LSH_SCORES_PER_SLICE // scores_per_group)
 
@@ -633,7 +641,9 @@ class _SortedChunkLayout:
         # product (times 1 / sqrt(head_dim) instead of a division: equal up to rounding).
         for offset_scores, offset in zip(scores, self.offsets, strict=True):
             shifted_keys = self.shifted(sorted_keys, offset).transpose(1, 2)
-            _write_batched_products(offset_scores, inner_queries, shifted_keys, 1.0 / math.sqrt(head_dim))
+            _batched_products_into(
+                offset_scores, inner_queries, shifted_keys, 1.0 / math.sqrt(head_dim), accumulate=False
+            )
         if self.has_padding:
             for offset_scores, offset in zip(scores, self.offsets, strict=True):
                 offset_scores.masked_fill_(self.key_is_padding(groups, offset), PADDING_PENALTY)
@@ -716,7 +726,7 @@ class ReforBertSelfAttention(nn.Module):
         elif context.backend == "full":
             output = full_attention(queries, keys, values, context.full_attention_bias, dropout_p)
         else:
-            output = self._lsh(queries, keys, values, context.key_is_real, dropout_p)
+            output = self._lsh(queries, keys, values, context, dropout_p)
         return output.transpose(1, 2).reshape(batch, length, hidden)
 
     def _lsh(
@@ -724,10 +734,11 @@ class ReforBertSelfAttention(nn.Module):
         queries: torch.Tensor,
         keys: torch.Tensor,
         values: torch.Tensor,
-        key_is_real: torch.Tensor,
+        context: AttentionContext,
         dropout_p: float,
     ) -> torch.Tensor:
         bucket_size = self.config.lsh_bucket_size
+        key_is_real = context.key_is_real
         length = queries.shape[2]
         padded_length = max(1, math.ceil(length / bucket_size)) * bucket_size
         extra = padded_length - length
@@ -738,7 +749,16 @@ class ReforBertSelfAttention(nn.Module):
         factors = rotation_factors(padded_length // bucket_size)
         rotations = self._rotations(sum(factors), queries.device)
         output = lsh_attention(
-            queries, keys, values, key_is_real, rotations, bucket_size, dropout_p, self.training, factors
+            queries,
+            keys,
+            values,
+            key_is_real,
+            rotations,
+            bucket_size,
+            dropout_p,
+            self.training,
+            factors,
+            has_padding=context.has_padding or extra > 0,  # the bucket padding is padding too
         )
         return output[:, :, :length]
 
@@ -981,11 +1001,16 @@ class ReforBertModel(ReforBertPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
-    def _attention_context(self, key_is_real: torch.Tensor, dtype: torch.dtype) -> AttentionContext:
-        """The backend for this length and, for exact attention, the mask its kernel takes: built once
-        per call and shared by all layers."""
+    def _attention_context(
+        self, key_is_real: torch.Tensor, dtype: torch.dtype, mask_given: bool
+    ) -> AttentionContext:
+        """The backend for this length, whether anything is padded and, for exact attention, the mask
+        its kernel takes: built once per call and shared by all layers."""
         backend = resolve_backend(self.config, key_is_real.shape[1])
-        context = AttentionContext(backend=backend, key_is_real=key_is_real)
+        # Without a mask nothing is padded, and nothing needs to be read back from the device. Under
+        # torch.compile, reading it back would split the graph; the compiled LSH path ignores it anyway.
+        has_padding = mask_given and (torch.compiler.is_compiling() or not bool(key_is_real.all()))
+        context = AttentionContext(backend=backend, key_is_real=key_is_real, has_padding=has_padding)
         if backend != "full":
             return context
         dropout_p = self.config.attention_probs_dropout_prob if self.training else 0.0
@@ -1013,7 +1038,7 @@ class ReforBertModel(ReforBertPreTrainedModel):
             key_is_real = torch.ones_like(input_ids, dtype=torch.bool)
         else:
             key_is_real = attention_mask.to(device=input_ids.device).bool()
-        context = self._attention_context(key_is_real, hidden_states.dtype)
+        context = self._attention_context(key_is_real, hidden_states.dtype, attention_mask is not None)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         sequence_output, all_states = self.encoder(hidden_states, context, output_hidden_states)
