@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -605,6 +606,28 @@ def test_init_from_starts_a_new_run_from_a_saved_model(
     train = [r for r in records if "loss" in r]
     assert [r["step"] for r in train] == [1, 2] and train[0]["lr"] < train[1]["lr"]  # a fresh schedule
     assert json.loads((run_dir / "run_settings.json").read_text())["init_from"] == str(source)
+
+
+def test_a_model_folder_serves_as_vocabulary_without_its_weights_replacing_the_trained_ones(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path, reference_run: Path
+) -> None:
+    from reforbert import ReforBertForPreTraining
+    from reforbert.checkpointing import list_checkpoints
+    from reforbert.pretraining import pretrain
+
+    # A trained model's folder: weights, config, the tokenizer files and a card.
+    model_as_vocab = shutil.copytree(reference_run / "model", tmp_path / "released")
+    (model_as_vocab / "README.md").write_text("the card of another model\n")
+    run_dir = tmp_path / "run"
+    pretrain(data_dir, model_as_vocab, run_dir, max_steps=2, save_steps=2, **COMMON)
+    final, trained = run_dir / "model", list_checkpoints(run_dir)[-1][1]
+    # Through the model class: the two files name the tied embedding/decoder weight differently.
+    saved = ReforBertForPreTraining.from_pretrained(str(final)).state_dict()
+    at_the_end = ReforBertForPreTraining.from_pretrained(str(trained)).state_dict()
+    for name, tensor in at_the_end.items():
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=0, msg=name)
+    assert not (final / "README.md").exists()
+    assert (final / "sentencepiece.model").read_bytes() == (vocab_dir / "sentencepiece.model").read_bytes()
 
 
 def test_init_from_refuses_another_vocabulary_in_one_line(

@@ -62,7 +62,7 @@ from reforbert.checkpointing import (
     save_checkpoint,
 )
 from reforbert.configuration_reforbert import IGNORE_INDEX, MASK_ID, PRESETS, ReforBertConfig
-from reforbert.data.vocab import SENTENCEPIECE_MODEL_FILE
+from reforbert.data.vocab import SENTENCEPIECE_MODEL_FILE, tokenizer_files
 from reforbert.errors import ReforBertInputError
 from reforbert.fileio import atomic_directory, atomic_file, sha256_of
 from reforbert.flops import count_model_flops_per_token, default_peak_tflops, model_flops_utilization
@@ -1060,9 +1060,8 @@ def save_final_model(model: torch.nn.Module, vocab_dir: Path, destination: Path)
     """RUN/model: weights + config (safetensors) and the tokenizer files, so Auto* load it directly."""
     with atomic_directory(destination) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
-        for entry in vocab_dir.iterdir():
-            if entry.is_file():
-                shutil.copy2(entry, tmp / entry.name)
+        for entry in tokenizer_files(vocab_dir):
+            shutil.copy2(entry, tmp / entry.name)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -34,6 +34,13 @@ DEFAULT_SAMPLE_SENTENCES = 100_000
 # The two files SentencePiece trains, under the names every ReforBERT folder gives them.
 SENTENCEPIECE_MODEL_FILE = "sentencepiece.model"
 SENTENCEPIECE_VOCAB_FILE = "sentencepiece.vocab"  # piece TAB score, one line per id
+# What the Hugging Face tokenizer saves beside them (which of these it writes depends on its version).
+HF_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 # SentencePiece silently skips longer "sentences"; our sentences are far shorter.
 MAX_SENTENCE_BYTES = 4192
 
@@ -205,6 +212,13 @@ def load_sentencepiece(model_file: Path):
         if index >= processor.get_piece_size() or processor.id_to_piece(index) != piece:
             raise ReforBertInputError(f"not a ReforBERT vocabulary: id {index} is not {piece}", model_file)
     return processor
+
+
+def tokenizer_files(folder: str | Path) -> list[Path]:
+    """The files of ``folder`` that make up the tokenizer, and nothing else: a model folder (the released
+    checkpoint, say) serves as a vocabulary too, but its weights, config and card are another model's."""
+    names = (SENTENCEPIECE_MODEL_FILE, SENTENCEPIECE_VOCAB_FILE, *HF_TOKENIZER_FILES)
+    return [Path(folder) / name for name in names if (Path(folder) / name).is_file()]
 
 
 def check_special_ids(folder: Path) -> int:
