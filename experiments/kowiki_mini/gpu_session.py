@@ -1,0 +1,417 @@
+"""One borrowed GPU, ten minutes: a stronger `mini` checkpoint and the GPU benchmark rows.
+
+A GPU machine is lent only now and then, for minutes, with nothing to download and no ../shared/data
+there. So what it needs is prepared beforehand on any machine, it runs one command, and everything it
+produces comes back as one archive:
+
+    # here, once (reads ../shared/data): the cleaned Korean Wikipedia, split and compressed, ~26 MB
+    python experiments/kowiki_mini/gpu_session.py pack --to .gpu-data
+    # there, from the repository root, with .gpu-data carried along
+    python experiments/kowiki_mini/gpu_session.py run --data .gpu-data --out "$OUT"
+
+`run`, on the GPU machine:
+
+1. makes the pretraining instances from the packed text (all cores; the released vocabulary);
+2. measures each pretraining stage's step time in a short probe, then sizes the stage's schedule to its
+   share of the time: a linear decay that reaches zero by the deadline, not one cut off by the clock;
+3. pretrains `mini` from random weights in two stages, length 32 then 128, bf16 (the curriculum that
+   left the unigram plateau on the CPU, see this folder's README);
+4. scores the held-out documents (`heldout_mlm.py`, length 128, 15% masked) and writes the fp16 release
+   folder (`release.py`; its card is rewritten afterwards, where the fine-tuning runs);
+5. runs `benchmarks/model_throughput.py --targets gpu` in the time that is left;
+6. packs the stage folders (metrics and settings; no checkpoints), the release folder, the scores, the
+   benchmark results and every log into OUT/gpu-session.tar.gz and prints a summary (also OUT/summary.md).
+
+Each step runs in its own process under a time limit, and a failed step does not stop the later ones:
+whatever was produced comes back. ``run --device cpu --minutes 3`` rehearses the whole session on a CPU
+with a slice of the text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import lzma
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+DEFAULT_KOWIKI = REPO.parent / "shared" / "data" / "kowiki"
+VOCAB = REPO / "models" / "reforbert-mini-kowiki"  # the released vocabulary: models stay comparable
+PACKED_FILES = ("train.txt.xz", "heldout.txt.xz")
+ARCHIVE = "gpu-session.tar.gz"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str
+    max_seq_len: int
+    global_batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    mlm_probability: float
+    share: float  # of the pretraining minutes
+    dupe_factor: int  # passes over the text when its instances are made, each with new splits
+
+    @property
+    def data(self) -> str:
+        return f"train{self.max_seq_len}"
+
+    @property
+    def heldout(self) -> str:
+        return f"heldout{self.max_seq_len}"
+
+
+# The CPU releases' curriculum (stage 1 at length 32 masking 15%, then length 128 masking 25%, peak rate
+# 2e-3), with twice their batch of 64: a mini step is too small to keep a GPU busy at 64.
+STAGES = (
+    Stage("s1", 32, 128, 2e-3, 200, 0.15, share=0.25, dupe_factor=1),
+    Stage("s2", 128, 128, 2e-3, 300, 0.25, share=0.75, dupe_factor=5),
+)
+PROBE_STEPS = 30  # the median step time of the last half of these sizes the schedule
+START_UP_S = 25.0  # per pretraining process: imports, opening the data, the first steps' warm-up
+EVAL_EVERY = 500
+EVAL_EXAMPLES = 2000
+# Share of a stage's time left for steps once its evaluations and checkpoints are paid for.
+STEP_TIME_SHARE = 0.9
+MINIMUM_STEPS = 10
+
+
+def scheduled_steps(seconds: float, step_seconds: float) -> int:
+    """Optimizer steps that fit in ``seconds`` of a stage at ``step_seconds`` a step (at least a few)."""
+    usable = max(0.0, seconds - START_UP_S) * STEP_TIME_SHARE
+    return max(MINIMUM_STEPS, int(usable / max(step_seconds, 1e-6)))
+
+
+def warmup_steps(stage: Stage, steps: int) -> int:
+    """The stage's warm-up, or a tenth of a schedule too short for it."""
+    return min(stage.warmup_steps, steps // 10)
+
+
+def median_step_seconds(metrics: Path) -> float:
+    """The median ``step_seconds`` over the last half of a run's training records."""
+    times = [
+        record["step_seconds"]
+        for record in map(json.loads, metrics.read_text(encoding="utf-8").splitlines())
+        if "step_seconds" in record
+    ]
+    if not times:
+        raise ValueError(f"{metrics}: no training records with step_seconds")
+    return statistics.median(times[len(times) // 2 :])
+
+
+class Session:
+    """The steps of `run`, each logged to WORK/logs and recorded in the summary, in order."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work: Path = args.work
+        self.logs = self.work / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.deadline = time.monotonic() + 60 * args.minutes
+        self.records: list[dict] = []
+
+    def seconds_left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def step(self, name: str, command: Sequence[str], limit_s: float) -> bool:
+        """Run one command under a time limit, its output in WORK/logs/NAME.log; True if it succeeded."""
+        limit_s = max(1.0, min(limit_s, self.seconds_left()))
+        log = self.logs / f"{name}.log"
+        started = time.monotonic()
+        print(f"[{time.strftime('%H:%M:%S')}] {name} (at most {limit_s:.0f} s)", flush=True)
+        with log.open("w", encoding="utf-8") as stream:
+            stream.write(" ".join(map(str, command)) + "\n")
+            stream.flush()
+            try:
+                status = subprocess.run(
+                    list(map(str, command)),
+                    stdout=stream,
+                    stderr=subprocess.STDOUT,
+                    timeout=limit_s,
+                    cwd=REPO,
+                ).returncode
+            except subprocess.TimeoutExpired:
+                status = "timed out"
+        seconds = time.monotonic() - started
+        self.records.append({"step": name, "status": status, "seconds": round(seconds, 1)})
+        if status != 0:
+            print(f"  {name}: {status} after {seconds:.0f} s; the end of {log}:", flush=True)
+            print(
+                "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:]), flush=True
+            )
+        return status == 0
+
+
+def reforbert(*arguments: object) -> list[str]:
+    return [sys.executable, "-m", "reforbert.cli", *map(str, arguments)]
+
+
+def make_instances(session: Session) -> bool:
+    args, work = session.args, session.work
+    for name in ("train", "heldout"):
+        with lzma.open(args.data / f"{name}.txt.xz", "rt", encoding="utf-8") as source:
+            text = source.read()
+        if args.max_text_mb:  # a rehearsal trains on a slice
+            text = text[: int(args.max_text_mb * 1e6)]
+        (work / f"{name}.txt").write_text(text, encoding="utf-8")
+    workers = os.cpu_count() or 1
+    ok = True
+    for stage in STAGES:
+        for part, seed, dupe in (("train", 0, stage.dupe_factor), ("heldout", 1, 1)):
+            output = work / (stage.data if part == "train" else stage.heldout)
+            ok &= session.step(
+                f"instances-{output.name}",
+                reforbert(
+                    "pretraining-data",
+                    work / f"{part}.txt",
+                    "--vocab",
+                    VOCAB,
+                    "-o",
+                    output,
+                    "--max-seq-len",
+                    stage.max_seq_len,
+                    "--seed",
+                    seed,
+                    "--dupe-factor",
+                    dupe,
+                    "--workers",
+                    workers,
+                    "--overwrite",
+                ),
+                limit_s=300,
+            )
+    return ok
+
+
+def pretrain_command(session: Session, stage: Stage, output: Path, steps: int, minutes: float) -> list[str]:
+    work, args = session.work, session.args
+    batch = args.global_batch_size or stage.global_batch_size
+    command = reforbert(
+        "pretrain", "--data", work / stage.data, "--eval-data", work / stage.heldout, "--vocab", VOCAB,
+        "--output", output, "--overwrite", "--preset", "mini", "--attention", "full", "--no-reversible",
+        "--config", "hidden_dropout_prob=0.0", "--precision", args.precision,
+        "--max-seq-len", stage.max_seq_len, "--mlm-probability", stage.mlm_probability,
+        "--global-batch-size", batch, "--micro-batch-size", batch,
+        "--learning-rate", stage.learning_rate, "--warmup-steps", warmup_steps(stage, steps),
+        "--max-steps", steps, "--time-budget-minutes", f"{minutes:.2f}",
+        "--eval-steps", EVAL_EVERY, "--eval-max-examples", EVAL_EXAMPLES, "--save-steps", EVAL_EVERY,
+        "--save-total-limit", 1, "--log-every", 10, "--no-progress",
+    )  # fmt: skip
+    if stage is not STAGES[0]:
+        command += ["--init-from", work / "runs" / STAGES[STAGES.index(stage) - 1].name / "model"]
+    return command
+
+
+def pretrain(session: Session) -> list[dict]:
+    """Probe, size and run every stage; returns what each stage was given and measured."""
+    work, plans = session.work, []
+    minutes = session.args.pretrain_minutes
+    for stage in STAGES:
+        stage_seconds = 60 * minutes * stage.share
+        probe = work / "probes" / stage.name
+        plan = {"stage": stage.name, "seconds": stage_seconds}
+        plans.append(plan)
+        probed = session.step(
+            f"probe-{stage.name}",
+            pretrain_command(session, stage, probe, PROBE_STEPS, 2.0) + ["--eval-steps", 10**6],
+            limit_s=180,
+        )
+        if not probed:
+            return plans
+        plan["probe_step_seconds"] = median_step_seconds(probe / "metrics.jsonl")
+        # The probe's time is the stage's: what it spent is taken from the stage's own share.
+        remaining = stage_seconds - session.records[-1]["seconds"]
+        plan["steps"] = scheduled_steps(remaining, plan["probe_step_seconds"])
+        # The clock stops (and saves) a stage that runs slower than its probe did: half a minute after
+        # its share, and in time for the session's later steps.
+        cap_minutes = min(remaining + 30, session.seconds_left() - 120) / 60
+        if cap_minutes < 0.25:
+            session.records.append({"step": f"pretrain-{stage.name}", "status": "skipped: no time left"})
+            return plans
+        run = work / "runs" / stage.name
+        if not session.step(
+            f"pretrain-{stage.name}",
+            pretrain_command(session, stage, run, plan["steps"], cap_minutes),
+            limit_s=60 * cap_minutes + 60,
+        ):
+            return plans
+    return plans
+
+
+def release(session: Session, plans: list[dict]) -> bool:
+    work = session.work
+    runs = [work / "runs" / stage.name for stage in STAGES]
+    if not (runs[-1] / "model" / "config.json").is_file():
+        return False
+    scores = work / "heldout_mlm.json"
+    if not session.step(
+        "heldout-mlm",
+        [
+            sys.executable,
+            HERE / "heldout_mlm.py",
+            runs[-1] / "model",
+            work / STAGES[-1].heldout,
+            "--output",
+            scores,
+        ],
+        limit_s=180,
+    ):
+        return False
+    return session.step(
+        "release",
+        [
+            sys.executable, HERE / "release.py", "--stages", *runs, "--heldout-scores", scores,
+            "--budget-minutes", *(f"{plan['seconds'] / 60:.2f}" for plan in plans),
+            "--hardware", session.args.hardware, "--destination", work / "release",
+        ],
+        limit_s=120,
+    )  # fmt: skip
+
+
+def benchmark(session: Session) -> bool:
+    budget = session.seconds_left() - session.args.reserve_s
+    if budget < 60:
+        session.records.append({"step": "benchmark", "status": "skipped: too little time left"})
+        return False
+    return session.step(
+        "benchmark",
+        [
+            sys.executable, REPO / "benchmarks" / "model_throughput.py", "--targets", session.args.targets,
+            "--total-budget", f"{budget - 30:.0f}", "--output-dir", session.work / "benchmark", "--overwrite",
+        ],
+        limit_s=budget,
+    )  # fmt: skip
+
+
+def summary(session: Session, plans: list[dict]) -> str:
+    lines = [f"# GPU session, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
+    lines += ["| step | status | seconds |", "|---|---|---:|"]
+    lines += [f"| {r['step']} | {r['status']} | {r.get('seconds', '')} |" for r in session.records]
+    lines += ["", "Pretraining plan: " + json.dumps(plans)]
+    scores = session.work / "heldout_mlm.json"
+    if scores.is_file():
+        held = json.loads(scores.read_text(encoding="utf-8"))
+        lines += [
+            "",
+            f"Held-out (length 128, 15% masked, {held['instances']:,} instances): "
+            f"MLM loss {held['mlm_loss']:.3f}, accuracy {100 * held['mlm_accuracy']:.1f}%, "
+            f"at [MASK] {100 * held['mlm_accuracy_at_mask']:.1f}%, NSP {100 * held['nsp_accuracy']:.1f}%",
+        ]
+    table = session.work / "benchmark" / "model_throughput.md"
+    if table.is_file():
+        lines += ["", table.read_text(encoding="utf-8")]
+    return "\n".join(lines) + "\n"
+
+
+def pack_results(session: Session, text: str, out: Path) -> Path:
+    """OUT/gpu-session.tar.gz: everything but checkpoints and data, and the fp32 models (the release
+    folder holds the final one in fp16: the archive must stay under the 16 MiB a returned file may be)."""
+    (session.work / "summary.md").write_text(text, encoding="utf-8")
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        parts = Path(info.name).parts
+        skipped = {"checkpoints", "model"} if "runs" in parts or "probes" in parts else set()
+        return None if skipped & set(parts) else info
+
+    out.mkdir(parents=True, exist_ok=True)
+    archive = out / ARCHIVE
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("summary.md", "heldout_mlm.json", "logs", "runs", "probes", "release", "benchmark"):
+            if (session.work / name).exists():
+                tar.add(session.work / name, arcname=name, filter=keep)
+    (out / "summary.md").write_text(text, encoding="utf-8")
+    return archive
+
+
+def run(args: argparse.Namespace) -> int:
+    missing = [name for name in PACKED_FILES if not (args.data / name).is_file()]
+    if missing:
+        print(f"error: {args.data}: missing {', '.join(missing)} (make them with `pack`)", file=sys.stderr)
+        return 2
+    if args.work.exists():
+        shutil.rmtree(args.work)
+    # The package may not be installable there (nothing can be downloaded): its source always is.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])
+    )
+    session = Session(args)
+    plans: list[dict] = []
+    if make_instances(session):
+        plans = pretrain(session)
+        release(session, plans)
+    if args.targets != "none":
+        benchmark(session)
+    text = summary(session, plans)
+    print(text)
+    archive = pack_results(session, text, args.out)
+    print(f"wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
+    return 0 if all(r["status"] == 0 for r in session.records) else 1
+
+
+def pack(args: argparse.Namespace) -> int:
+    """Clean and split the Korean Wikipedia as the releases did, compress it into ``--to``."""
+    if not args.kowiki.is_dir():
+        print(
+            f"error: {args.kowiki}: no such folder (the Korean Wikipedia of ../shared/data)", file=sys.stderr
+        )
+        return 2
+    args.to.mkdir(parents=True, exist_ok=True)
+    scratch = args.to / "unpacked"
+    scratch.mkdir(exist_ok=True)
+    corpus, train, heldout = (scratch / name for name in ("kowiki.txt", "train.txt", "heldout.txt"))
+    subprocess.run(reforbert("corpus", args.kowiki, "-o", corpus), check=True)
+    split = [sys.executable, HERE / "split_documents.py", corpus, "--train", train, "--heldout", heldout]
+    subprocess.run(list(map(str, split)), check=True)
+    for source in (train, heldout):
+        target = args.to / f"{source.name}.xz"
+        partial = target.with_name(target.name + ".partial")
+        with source.open("rb") as reader, lzma.open(partial, "wb", preset=6) as writer:
+            shutil.copyfileobj(reader, writer, length=1 << 20)
+        partial.replace(target)  # never a half-written file under the final name
+        print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
+    shutil.rmtree(scratch)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    packer = commands.add_parser("pack", help="Prepare the text the GPU machine pretrains on.")
+    packer.add_argument("--kowiki", type=Path, default=DEFAULT_KOWIKI, help="WikiExtractor output folder.")
+    packer.add_argument("--to", type=Path, default=REPO / ".gpu-data", help="Where the packed text goes.")
+    runner = commands.add_parser("run", help="The session itself, on the GPU machine.")
+    runner.add_argument("--data", type=Path, default=REPO / ".gpu-data", help="What `pack` wrote.")
+    runner.add_argument("--out", type=Path, required=True, help="Where the archive and summary go.")
+    runner.add_argument("--work", type=Path, default=Path("/tmp/reforbert-gpu-session"), help="Scratch.")
+    runner.add_argument("--minutes", type=float, default=9.5, help="The whole session's wall-clock.")
+    runner.add_argument("--pretrain-minutes", type=float, default=5.0, help="Probes and stages, together.")
+    runner.add_argument("--reserve-s", type=float, default=25.0, help="Seconds kept for packing up.")
+    runner.add_argument(
+        "--precision", default="bf16", help="Pretraining precision (fp32 for a CPU rehearsal)."
+    )
+    runner.add_argument("--targets", choices=("gpu", "cpu", "none"), default="gpu", help="Benchmark rows.")
+    runner.add_argument("--hardware", default="one NVIDIA H200, bf16 autocast", help="For the model card.")
+    runner.add_argument("--max-text-mb", type=float, default=0.0, help="Use only this much text (rehearsal).")
+    runner.add_argument(
+        "--global-batch-size", type=int, default=0, help="Every stage's batch instead of its own (rehearsal)."
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return pack(args) if args.command == "pack" else run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
