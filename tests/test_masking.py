@@ -183,3 +183,26 @@ def test_forced_prediction_masks_a_whole_word() -> None:
     first_word = selected[:, 1:4]
     assert (first_word.all(dim=1) | ~first_word.any(dim=1)).all()
     assert first_word.all(dim=1).any() and selected[:, 4].any()
+
+
+@pytest.mark.parametrize("whole_word", [False, True])
+def test_collator_masks_a_padded_batch_as_each_example_alone(tmp_path, whole_word: bool) -> None:
+    pieces = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SEP]", "[CLS]", "[MASK]"] + [
+        ("\u2581" if i % 3 == 0 else "") + f"p{i}" for i in range(VOCAB - NUM_SPECIAL_TOKENS)
+    ]
+    (tmp_path / "sentencepiece.vocab").write_text("".join(f"{p}\t0\n" for p in pieces), encoding="utf-8")
+    # Rows of 3 to 6 tokens at 5% often draw nothing and take the forced pick, which draws more.
+    lengths = [3, 4, 5, 6] * 6 + [40, 128, 77, 2]
+    collator = PretrainingCollator(
+        VOCAB, mlm_probability=0.05, seed=5, whole_word_mask=whole_word, vocab_dir=tmp_path
+    )
+    collator.set_epoch(1)
+    examples = items(lengths, start_index=300)
+    examples[-1]["labels"] = torch.tensor([IGNORE_INDEX, 42])  # pre-masked: kept, not masked again
+    batch = collator(examples)
+    for row, example in enumerate(examples[:-1]):
+        masked, labels = collator.mask_example(example["input_ids"], example["index"])
+        n = len(masked)
+        assert torch.equal(batch["input_ids"][row, :n], masked), row
+        assert torch.equal(batch["labels"][row, :n], labels), row
+    assert batch["labels"][-1, :2].tolist() == [IGNORE_INDEX, 42]

@@ -69,6 +69,17 @@ class PretrainingCollator:
             word_start,
         )
 
+    def mask_rows(
+        self, input_ids: torch.Tensor, indices: list[int], lengths: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask a padded batch of examples, each exactly as :meth:`mask_example` masks it alone."""
+        special = input_ids < NUM_SPECIAL_TOKENS  # padding included
+        word_start = self.word_starts[input_ids] if self.word_starts is not None else None
+        generators = [example_generator(self.seed, self.epoch, index) for index in indices]
+        return mask_tokens(
+            input_ids, special, self.vocab_size, generators, self.mlm_probability, word_start, lengths
+        )
+
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not items:
             raise ValueError("empty batch")
@@ -76,31 +87,40 @@ class PretrainingCollator:
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
         batch_size = len(items)
-        input_ids = torch.full((batch_size, length), PAD_ID, dtype=torch.long)
-        token_type_ids = torch.zeros((batch_size, length), dtype=torch.long)
-        attention_mask = torch.zeros((batch_size, length), dtype=torch.long)
-        labels = torch.full((batch_size, length), IGNORE_INDEX, dtype=torch.long)
-        next_sentence_label = torch.empty(batch_size, dtype=torch.long)
+        # Filled as numpy arrays, one row at a time (a torch slice assignment costs several times
+        # more per row), then handed to torch without a copy.
+        input_ids = np.full((batch_size, length), PAD_ID, dtype=np.int64)
+        token_type_ids = np.zeros((batch_size, length), dtype=np.int64)
+        attention_mask = np.zeros((batch_size, length), dtype=np.int64)
+        labels = np.full((batch_size, length), IGNORE_INDEX, dtype=np.int64)
+        next_sentence_label = np.empty(batch_size, dtype=np.int64)
+        to_mask: list[int] = []  # rows masked here, all at once below
         for row, item in enumerate(items):
-            ids = torch.as_tensor(item["input_ids"], dtype=torch.long)
-            if ids[0] != CLS_ID:
+            n = len(item["input_ids"])
+            input_ids[row, :n] = item["input_ids"]
+            if n == 0 or input_ids[row, 0] != CLS_ID:
                 raise ValueError(f"example {item.get('index', row)} does not start with [CLS]")
             if "labels" in item:
-                masked, item_labels = ids, torch.as_tensor(item["labels"], dtype=torch.long)
+                labels[row, :n] = item["labels"]
+            elif "index" not in item:
+                raise ValueError("items need an 'index' key to be masked reproducibly")
             else:
-                if "index" not in item:
-                    raise ValueError("items need an 'index' key to be masked reproducibly")
-                masked, item_labels = self.mask_example(ids, int(item["index"]))
-            n = len(ids)
-            input_ids[row, :n] = masked
-            token_type_ids[row, :n] = torch.as_tensor(item["token_type_ids"], dtype=torch.long)
+                to_mask.append(row)
+            token_type_ids[row, :n] = item["token_type_ids"]
             attention_mask[row, :n] = 1
-            labels[row, :n] = item_labels
             next_sentence_label[row] = int(item["next_sentence_label"])
+        input_ids, labels = torch.from_numpy(input_ids), torch.from_numpy(labels)
+        if to_mask:
+            rows = torch.tensor(to_mask)
+            input_ids[rows], labels[rows] = self.mask_rows(
+                input_ids[rows],
+                [int(items[row]["index"]) for row in to_mask],
+                [len(items[row]["input_ids"]) for row in to_mask],
+            )
         return {
             "input_ids": input_ids,
-            "token_type_ids": token_type_ids,
-            "attention_mask": attention_mask,
+            "token_type_ids": torch.from_numpy(token_type_ids),
+            "attention_mask": torch.from_numpy(attention_mask),
             "labels": labels,
-            "next_sentence_label": next_sentence_label,
+            "next_sentence_label": torch.from_numpy(next_sentence_label),
         }
