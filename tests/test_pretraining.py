@@ -460,6 +460,46 @@ def test_micro_batch_split_changes_neither_the_loss_nor_the_weights(
     assert_same_weights(final_weights(runs[1]), final_weights(runs[4]), atol=1e-5)
 
 
+def test_data_workers_train_exactly_as_the_loop_alone(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path, reference_run: Path
+) -> None:
+    from reforbert.pretraining import pretrain
+
+    run_dir = tmp_path / "workers"
+    # The reference run's settings: 8 steps over 20 training examples cross two epoch boundaries.
+    pretrain(
+        data_dir,
+        vocab_dir,
+        run_dir,
+        max_steps=8,
+        save_steps=3,
+        save_total_limit=2,
+        eval_steps=4,
+        data_workers=2,
+        **COMMON,
+    )
+    reference, with_workers = losses(reference_run), losses(run_dir)
+    assert sorted(with_workers) == sorted(reference)
+    for step in reference:
+        assert abs(reference[step] - with_workers[step]) <= 1e-6, step
+    assert_same_weights(final_weights(reference_run), final_weights(run_dir), atol=1e-6)
+
+
+def test_upcoming_steps_follow_the_order_from_any_state_across_epochs() -> None:
+    from reforbert.checkpointing import TrainingState
+    from reforbert.pretraining import GlobalBatchOrder, upcoming_steps
+
+    order = GlobalBatchOrder(list(range(10)), global_batch_size=3, seed=4)  # 3 steps an epoch
+    state = TrainingState(step=2, epoch=0, position=6)
+    foreseen = upcoming_steps(order, state)
+    keys = [next(foreseen) for _ in range(7)]
+    assert state == TrainingState(step=2, epoch=0, position=6)  # only a copy moved on
+    for key in keys:
+        indices, epoch = order.next_batch(state)
+        assert key == (tuple(indices), epoch)
+    assert [epoch for _, epoch in keys] == [0, 1, 1, 1, 2, 2, 2]
+
+
 def test_group_by_length_sorts_a_global_batch_by_length_then_index() -> None:
     from reforbert.pretraining import group_by_length
 

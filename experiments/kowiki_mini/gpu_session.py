@@ -206,6 +206,8 @@ def pretrain_command(session: Session, stage: Stage, output: Path, steps: int, m
         "--max-steps", steps, "--time-budget-minutes", f"{minutes:.2f}",
         "--eval-steps", EVAL_EVERY, "--eval-max-examples", EVAL_EXAMPLES, "--save-steps", EVAL_EVERY,
         "--save-total-limit", 1, "--log-every", 10, "--no-progress",
+        # Batches made ahead by the machine's cores, so that the GPU does not wait for them.
+        "--data-workers", min(8, max(1, (os.cpu_count() or 1) - 2)),
     )  # fmt: skip
     if stage is not STAGES[0]:
         command += ["--init-from", work / "runs" / STAGES[STAGES.index(stage) - 1].name / "model"]

@@ -62,6 +62,7 @@ from reforbert.checkpointing import (
     save_checkpoint,
 )
 from reforbert.configuration_reforbert import IGNORE_INDEX, MASK_ID, PRESETS, ReforBertConfig
+from reforbert.data.prefetch import Prefetcher
 from reforbert.data.vocab import SENTENCEPIECE_MODEL_FILE, tokenizer_files
 from reforbert.errors import ReforBertInputError
 from reforbert.fileio import atomic_directory, atomic_file, sha256_of
@@ -687,6 +688,7 @@ class Trainer:
     schedule_steps: int
     state: TrainingState
     resumed: bool
+    prefetcher: Prefetcher | None = None  # set while the loop runs with --data-workers
 
     @property
     def run_dir(self) -> Path:
@@ -905,29 +907,90 @@ class MicroBatch:
     syncs: bool  # the last of this process's micro-batches: DDP all-reduces gradients after it
 
 
+StepKey = tuple[tuple[int, ...], int]  # a global batch's example indices and their epoch
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCollator:
+    """One process's share of a global batch as CPU tensors: its micro-batches, sorted by length and
+    masked. A pure function of the key, so data workers (see :mod:`reforbert.data.prefetch`) make the
+    same batches as the loop itself."""
+
+    make_batch: BatchMaker
+    micro_batch_size: int
+    accumulation: int
+    rank: int
+    world: int
+
+    def micro_batch_number(self, local: int) -> int:
+        # Global micro-batch m goes to process m % world, so every process gets a spread of lengths.
+        return local * self.world + self.rank
+
+    def __call__(self, key: StepKey) -> list[dict[str, torch.Tensor]]:
+        indices, epoch = list(key[0]), key[1]
+        # Each example is read once: its length orders the global batch, then it is collated.
+        features = dict(zip(indices, self.make_batch.read(indices), strict=True))
+        indices = group_by_length(indices, [len(features[index]["input_ids"]) for index in indices])
+        size, batches = self.micro_batch_size, []
+        for local in range(self.accumulation):
+            number = self.micro_batch_number(local)
+            chunk = [features[index] for index in indices[number * size : (number + 1) * size]]
+            batches.append(self.make_batch.collate(chunk, epoch))
+        return batches
+
+
+def step_collator(trainer: Trainer) -> StepCollator:
+    accelerator = trainer.accelerator
+    return StepCollator(
+        trainer.make_batch,
+        trainer.args.micro_batch_size,
+        trainer.accumulation,
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
+
+
+def upcoming_steps(order: GlobalBatchOrder, state: TrainingState) -> Iterator[StepKey]:
+    """The keys of the global batches the loop will take from ``state`` on (``state`` is not changed)."""
+    ahead = dataclasses.replace(state)
+    while True:
+        indices, epoch = order.next_batch(ahead)
+        yield tuple(indices), epoch
+
+
+@contextlib.contextmanager
+def _prefetching(trainer: Trainer) -> Iterator[None]:
+    """With --data-workers, the loop's batches are made ahead in worker processes for the run's duration."""
+    if trainer.args.data_workers < 1:
+        yield
+        return
+    with Prefetcher(
+        step_collator(trainer),
+        upcoming_steps(trainer.order, trainer.state),
+        trainer.args.data_workers,
+        pin_memory=trainer.accelerator.device.type == "cuda",
+    ) as prefetcher:
+        trainer.prefetcher = prefetcher
+        try:
+            yield
+        finally:
+            trainer.prefetcher = None
+
+
 def _micro_batches(trainer: Trainer, indices: list[int], epoch: int) -> list[MicroBatch]:
-    """This process's micro-batches of one global batch, sorted by length and masked."""
-    accelerator, size = trainer.accelerator, trainer.args.micro_batch_size
-    rank, world = accelerator.process_index, accelerator.num_processes
-    # Each example is read once: its length orders the global batch, then it is collated.
-    features = dict(zip(indices, trainer.make_batch.read(indices), strict=True))
-    indices = group_by_length(indices, [len(features[index]["input_ids"]) for index in indices])
-    micro_batches = []
-    # Global micro-batch m goes to process m % world, so every process gets a spread of lengths.
-    for local in range(trainer.accumulation):
-        number = local * world + rank
-        chunk = [features[index] for index in indices[number * size : (number + 1) * size]]
-        batch = trainer.make_batch.collate(chunk, epoch)
-        micro_batches.append(
-            MicroBatch(
-                number,
-                model_inputs(batch, accelerator.device, trainer.args.nsp),
-                int((batch["labels"] != IGNORE_INDEX).sum()),
-                int(batch["attention_mask"].sum()),
-                syncs=local == trainer.accumulation - 1,
-            )
+    """This process's micro-batches of one global batch, on the device."""
+    collate, key = step_collator(trainer), (tuple(indices), epoch)
+    batches = trainer.prefetcher.next(key) if trainer.prefetcher is not None else collate(key)
+    return [
+        MicroBatch(
+            collate.micro_batch_number(local),
+            model_inputs(batch, trainer.accelerator.device, trainer.args.nsp),
+            int((batch["labels"] != IGNORE_INDEX).sum()),
+            int(batch["attention_mask"].sum()),
+            syncs=local == trainer.accumulation - 1,
         )
-    return micro_batches
+        for local, batch in enumerate(batches)
+    ]
 
 
 def _forward_backward(
@@ -1131,7 +1194,12 @@ def run_pretraining(args: PretrainingArguments, model_factory: ModelFactory | No
     progress_bar = _progress_bar(trainer)
     deadline = None if args.time_budget_minutes is None else time.monotonic() + 60 * args.time_budget_minutes
     record: dict[str, Any] = {}
-    with StopRequests() as stop, _failures_explained(trainer), _closing(metrics, progress_bar):
+    with (
+        StopRequests() as stop,
+        _failures_explained(trainer),
+        _closing(metrics, progress_bar),
+        _prefetching(trainer),
+    ):
         while not trainer.reached_the_end():
             step_start = time.perf_counter()
             record = _train_step(trainer, state)  # train

@@ -199,6 +199,12 @@ class PretrainingArguments:
         False, "Mask whole words: all pieces of a word are masked together or not at all."
     )
     nsp: bool = _field(True, "Train next-sentence prediction alongside MLM (--no-nsp trains MLM only).")
+    data_workers: int = _field(
+        0,
+        "Processes that read, mask and collate the coming steps' batches while the model trains (0: the "
+        "training loop makes each batch itself, between steps). The batches are the same either way; "
+        "on a GPU a few workers keep a small model from waiting for its data.",
+    )
     seed: int = _field(0, "The seed for initialisation, data order, masking and dropout.")
     # Optimisation
     micro_batch_size: int = _field(32, "Examples per forward/backward pass on each process.")
@@ -276,6 +282,8 @@ class PretrainingArguments:
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ReforBertInputError(f"--{name.replace('_', '-')} must be in (0, 1), got {value}")
+        if self.data_workers < 0:
+            raise ReforBertInputError(f"--data-workers must be 0 or more, got {self.data_workers}")
 
     def model_config_overrides(self) -> dict[str, Any]:
         """Model config fields set by --config and by the shortcut flags (the shortcuts win)."""
