@@ -1052,8 +1052,12 @@ def _train_step(trainer: Trainer, state: TrainingState) -> dict[str, Any]:
     # Reading, masking and collating happen before the model runs; their time is the loop's own cost.
     data_start = time.perf_counter()
     micro_batches = _micro_batches(trainer, indices, epoch)
-    local_masked = torch.tensor(float(sum(m.masked for m in micro_batches)), device=accelerator.device)
-    global_masked = accelerator.reduce(local_masked, "sum").item()
+    global_masked = float(sum(m.masked for m in micro_batches))  # counted on the CPU
+    if accelerator.num_processes > 1:
+        # Only then the count goes through the device: reading it back waits for every queued kernel,
+        # which on a single GPU would keep the CPU from queueing this step while the last one runs.
+        local_masked = torch.tensor(global_masked, device=accelerator.device)
+        global_masked = accelerator.reduce(local_masked, "sum").item()
     data_seconds = time.perf_counter() - data_start
     sums = StepSums.zeros(accelerator.device)
     for micro in micro_batches:
