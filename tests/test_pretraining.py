@@ -113,6 +113,9 @@ def write_shards(folder: Path, vocab_dir: Path, count: int, seed: int = 0) -> Pa
     return folder
 
 
+REFERENCE_SETTINGS = dict(max_steps=8, save_steps=3, save_total_limit=2, eval_steps=4)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory, vocab_dir: Path) -> Path:
     return write_shards(tmp_path_factory.mktemp("data") / "shards", vocab_dir, count=24)
@@ -139,9 +142,7 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, voca
     from reforbert.pretraining import pretrain
 
     run_dir = tmp_path_factory.mktemp("runs") / "reference"
-    pretrain(
-        data_dir, vocab_dir, run_dir, max_steps=8, save_steps=3, save_total_limit=2, eval_steps=4, **COMMON
-    )
+    pretrain(data_dir, vocab_dir, run_dir, **REFERENCE_SETTINGS, **COMMON)
     return run_dir
 
 
@@ -283,21 +284,14 @@ def start_slow_run(data_dir: Path, vocab_dir: Path, run_dir: Path) -> subprocess
     return subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def resume_and_compare_with(reference_run: Path, data_dir: Path, vocab_dir: Path, run_dir: Path) -> None:
-    """Resume the interrupted ``run_dir`` to the end; its losses and weights must be the reference's."""
+def run_and_compare_with(
+    reference_run: Path, data_dir: Path, vocab_dir: Path, run_dir: Path, **extra: object
+) -> None:
+    """Run ``run_dir`` to the end with the reference run's settings and ``extra`` ones (resume=True
+    continues an interrupted run); its losses and weights must be the reference's."""
     from reforbert.pretraining import pretrain
 
-    pretrain(
-        data_dir,
-        vocab_dir,
-        run_dir,
-        max_steps=8,
-        save_steps=3,
-        save_total_limit=2,
-        eval_steps=4,
-        resume=True,
-        **COMMON,
-    )
+    pretrain(data_dir, vocab_dir, run_dir, **REFERENCE_SETTINGS, **extra, **COMMON)
     reference, again = losses(reference_run), losses(run_dir)
     assert sorted(again) == list(range(1, 9))
     for step in reference:
@@ -328,7 +322,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(
     half.mkdir()
     (half / "model.safetensors").write_bytes(b"\0" * 10)
 
-    resume_and_compare_with(reference_run, data_dir, vocab_dir, run_dir)
+    run_and_compare_with(reference_run, data_dir, vocab_dir, run_dir, resume=True)
     assert not half.exists()
 
 
@@ -463,26 +457,8 @@ def test_micro_batch_split_changes_neither_the_loss_nor_the_weights(
 def test_data_workers_train_exactly_as_the_loop_alone(
     tmp_path: Path, data_dir: Path, vocab_dir: Path, reference_run: Path
 ) -> None:
-    from reforbert.pretraining import pretrain
-
-    run_dir = tmp_path / "workers"
-    # The reference run's settings: 8 steps over 20 training examples cross two epoch boundaries.
-    pretrain(
-        data_dir,
-        vocab_dir,
-        run_dir,
-        max_steps=8,
-        save_steps=3,
-        save_total_limit=2,
-        eval_steps=4,
-        data_workers=2,
-        **COMMON,
-    )
-    reference, with_workers = losses(reference_run), losses(run_dir)
-    assert sorted(with_workers) == sorted(reference)
-    for step in reference:
-        assert abs(reference[step] - with_workers[step]) <= 1e-6, step
-    assert_same_weights(final_weights(reference_run), final_weights(run_dir), atol=1e-6)
+    # The reference run's 8 steps of 4 examples out of 24 cross an epoch boundary.
+    run_and_compare_with(reference_run, data_dir, vocab_dir, tmp_path / "workers", data_workers=2)
 
 
 def test_upcoming_steps_follow_the_order_from_any_state_across_epochs() -> None:
@@ -775,7 +751,7 @@ def test_resume_from_a_run_folder_written_before_the_arguments_dataclass(
     earlier = EARLIER_SETTINGS_KEYS + ("schedule_steps", "warmup_steps", "model")
     (run_dir / "run_settings.json").write_text(json.dumps({key: run_settings[key] for key in earlier}))
 
-    resume_and_compare_with(reference_run, data_dir, vocab_dir, run_dir)
+    run_and_compare_with(reference_run, data_dir, vocab_dir, run_dir, resume=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -802,7 +778,7 @@ def test_sigterm_finishes_the_step_saves_and_the_resumed_run_equals_the_uninterr
     assert f"step-{stopped_at}" in last_line and (run_dir / "checkpoints" / f"step-{stopped_at}").is_dir()
     assert not (run_dir / "model").exists()
 
-    resume_and_compare_with(reference_run, data_dir, vocab_dir, run_dir)
+    run_and_compare_with(reference_run, data_dir, vocab_dir, run_dir, resume=True)
 
 
 @pytest.fixture(scope="module")

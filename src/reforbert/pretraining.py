@@ -708,6 +708,8 @@ class Trainer:
 
     def any_process(self, *flags: bool) -> list[bool]:
         """Each flag True on every process when it is True on any, so that all stop at the same step."""
+        if self.accelerator.num_processes == 1:
+            return list(flags)  # no round trip through the device, which would wait for its queue
         local = torch.tensor([float(flag) for flag in flags], device=self.accelerator.device)
         return [bool(total) for total in self.accelerator.reduce(local, "sum").tolist()]
 
