@@ -38,6 +38,11 @@ def release():
     yield from load_script("kowiki_mini_release", RUN_PY.with_name("release.py"))
 
 
+@pytest.fixture(scope="module")
+def gpu_session():
+    yield from load_script("kowiki_mini_gpu_session", RUN_PY.with_name("gpu_session.py"))
+
+
 def write_nsmc(path: Path, n: int) -> None:
     """Positive exactly when the review holds 좋다."""
     rng = random.Random(0)
@@ -421,3 +426,38 @@ def test_release_card_rebuilds_each_stage_data_draw_and_seed(release, tmp_path: 
     assert "--data train128 " in first and "--seed" not in first
     assert "--data train128b " in second and "--init-from runs/s1/model --seed 1" in second
     assert "| `train128b` | 128 |" in release.stage_table(stages).splitlines()[3]
+
+
+def test_gpu_session_sizes_each_stage_from_its_probe(gpu_session, tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    # The first steps are slow (warm-up): only the last half counts.
+    seconds = [1.0, 0.9, 0.8, 0.05, 0.04, 0.06, 0.05, 0.05]
+    lines = [json.dumps({"step": i + 1, "loss": 9.0, "step_seconds": s}) for i, s in enumerate(seconds)]
+    metrics.write_text("\n".join(lines + [json.dumps({"step": 8, "eval_mlm_loss": 8.0})]) + "\n")
+    step_seconds = gpu_session.median_step_seconds(metrics)
+    assert step_seconds == pytest.approx(0.05)
+    fits = (100.0 - gpu_session.START_UP_S) * gpu_session.STEP_TIME_SHARE / 0.05
+    assert gpu_session.scheduled_steps(100.0, step_seconds) == int(fits)
+    assert gpu_session.scheduled_steps(10.0, step_seconds) == gpu_session.MINIMUM_STEPS  # no time: a few
+    stage = gpu_session.STAGES[-1]
+    assert gpu_session.warmup_steps(stage, 100_000) == stage.warmup_steps
+    assert gpu_session.warmup_steps(stage, 50) == 5
+
+
+def test_gpu_session_refuses_missing_inputs_in_one_line(gpu_session, tmp_path: Path, capsys) -> None:
+    assert gpu_session.main(["run", "--data", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path}: missing train.txt.xz, heldout.txt.xz (make them with `pack`)"
+    )
+    assert gpu_session.main(["pack", "--kowiki", str(tmp_path / "nowhere"), "--to", str(tmp_path / "p")]) == 2
+    assert "nowhere: no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "p").exists()
+    for name in gpu_session.PACKED_FILES:
+        (tmp_path / name).write_bytes(b"")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's file")
+    argv = ["run", "--data", str(tmp_path), "--out", str(tmp_path / "out"), "--work", str(mine)]
+    assert gpu_session.main(argv) == 2
+    assert "not an earlier session's scratch folder" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "a user's file"

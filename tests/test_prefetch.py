@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from reforbert.data.prefetch import Prefetcher
@@ -34,3 +36,12 @@ def test_a_key_out_of_step_stops_the_loop() -> None:
         prefetcher.close()
         with pytest.raises(RuntimeError, match="closed"):
             prefetcher.next(1)
+
+
+def stop_signals_ignored(key: int) -> bool:
+    return signal.getsignal(signal.SIGINT) == signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+
+
+def test_workers_leave_ctrl_c_and_sigterm_to_the_training_loop() -> None:
+    with Prefetcher(stop_signals_ignored, iter(range(2)), workers=1) as prefetcher:
+        assert prefetcher.next(0) is True

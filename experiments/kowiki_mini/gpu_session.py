@@ -49,6 +49,7 @@ DEFAULT_KOWIKI = REPO.parent / "shared" / "data" / "kowiki"
 VOCAB = REPO / "models" / "reforbert-mini-kowiki"  # the released vocabulary: models stay comparable
 PACKED_FILES = ("train.txt.xz", "heldout.txt.xz")
 ARCHIVE = "gpu-session.tar.gz"
+WORK_MARKER = ".gpu-session-scratch"  # only a folder holding it is emptied by a later run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,8 +341,20 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         print(f"error: {args.data}: missing {', '.join(missing)} (make them with `pack`)", file=sys.stderr)
         return 2
+    problem = None
+    if (args.out / ARCHIVE).exists():
+        problem = f"{args.out / ARCHIVE}: already there (move it, or choose another --out)"
+    elif args.work.exists() and any(args.work.iterdir()) and not (args.work / WORK_MARKER).exists():
+        problem = (
+            f"{args.work}: not empty and not an earlier session's scratch folder (choose another --work)"
+        )
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.work.exists():
-        shutil.rmtree(args.work)
+        shutil.rmtree(args.work)  # an earlier session's scratch: its results went to its archive
+    args.work.mkdir(parents=True)
+    (args.work / WORK_MARKER).write_text("scratch of experiments/kowiki_mini/gpu_session.py\n")
     # The package may not be installable there (nothing can be downloaded): its source always is.
     os.environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])

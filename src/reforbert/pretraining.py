@@ -1051,7 +1051,8 @@ def _train_step(trainer: Trainer, state: TrainingState) -> dict[str, Any]:
     indices, epoch = trainer.order.next_batch(state)
     step, accelerator, nsp = state.step + 1, trainer.accelerator, trainer.args.nsp
     trainer.model.train()
-    # Reading, masking and collating happen before the model runs; their time is the loop's own cost.
+    # Reading, masking and collating happen before the model runs; their time is the loop's own cost
+    # (with --data-workers, the wait for a batch made ahead and its copy to the device).
     data_start = time.perf_counter()
     micro_batches = _micro_batches(trainer, indices, epoch)
     global_masked = float(sum(m.masked for m in micro_batches))  # counted on the CPU

@@ -12,6 +12,7 @@ batches with any number of workers.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -49,6 +50,14 @@ def _as_made(item: Any) -> Any:
     return item
 
 
+def _leave_stopping_to_the_loop(worker_id: int) -> None:
+    # Ctrl-C and a scheduler's SIGTERM reach the whole process group. The training loop answers them by
+    # finishing its step and writing a checkpoint; a worker that died of them first could leave it
+    # waiting for a batch that never comes. The loop ends the workers itself when it stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class Prefetcher(Generic[Key]):
     """``make(key)`` for each of ``keys`` in turn, made ahead in ``workers`` processes.
 
@@ -75,6 +84,7 @@ class Prefetcher(Generic[Key]):
             num_workers=workers,
             prefetch_factor=ahead_per_worker,
             pin_memory=pin_memory,
+            worker_init_fn=_leave_stopping_to_the_loop,
         )
         self._items: Iterator[tuple[Key, Any]] | None = iter(self._loader)
 
