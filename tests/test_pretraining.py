@@ -273,15 +273,22 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def start_slow_run(data_dir: Path, vocab_dir: Path, run_dir: Path) -> subprocess.Popen:
-    """The reference run's command in a subprocess whose steps are slowed down, to be interrupted."""
+def start_slow_run(data_dir: Path, vocab_dir: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    """The reference run's command in a subprocess whose steps are slowed down, to be interrupted; in a
+    process group of its own, which a test may signal as a terminal's Ctrl-C or a scheduler would."""
     command = [
         sys.executable,
         "-c",
         SLOW_CLI,
-        *cli_command(data_dir, vocab_dir, run_dir, "--eval-steps", "4")[3:],
+        *cli_command(data_dir, vocab_dir, run_dir, "--eval-steps", "4", *extra)[3:],
     ]
-    return subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        command,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def run_and_compare_with(
@@ -758,18 +765,19 @@ def test_resume_from_a_run_folder_written_before_the_arguments_dataclass(
 # Preemption, damaged checkpoints and failed writes
 
 
+@pytest.mark.parametrize("data_workers", [0, 2])
 def test_sigterm_finishes_the_step_saves_and_the_resumed_run_equals_the_uninterrupted_one(
-    tmp_path: Path, data_dir: Path, vocab_dir: Path, reference_run: Path
+    tmp_path: Path, data_dir: Path, vocab_dir: Path, reference_run: Path, data_workers: int
 ) -> None:
     run_dir = tmp_path / "preempted"
-    process = start_slow_run(data_dir, vocab_dir, run_dir)
+    process = start_slow_run(data_dir, vocab_dir, run_dir, "--data-workers", str(data_workers))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if max(losses(run_dir) if (run_dir / "metrics.jsonl").exists() else {}, default=0) >= 2:
             break
         assert process.poll() is None, process.stderr.read().decode()
         time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGTERM)  # the whole group: the data workers too
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGTERM, stderr.decode()
     last_line = stderr.decode().strip().splitlines()[-1]
