@@ -22,9 +22,10 @@ produces comes back as one archive:
 6. packs the stage folders (metrics and settings; no checkpoints), the release folder, the scores, the
    benchmark results and every log into OUT/gpu-session.tar.gz and prints a summary (also OUT/summary.md).
 
-Each step runs in its own process under a time limit, and a failed step does not stop the later ones:
-whatever was produced comes back. ``run --device cpu --minutes 3`` rehearses the whole session on a CPU
-with a slice of the text.
+Each step runs in its own process under a time limit, and a failed step stops only what needs its
+output (the benchmark runs even if pretraining failed): whatever was produced comes back.
+``run --precision fp32 --targets cpu --minutes 6 --pretrain-minutes 3 --max-text-mb 3
+--global-batch-size 16`` rehearses the whole session on a CPU with a slice of the text.
 """
 
 from __future__ import annotations
