@@ -448,7 +448,7 @@ TARGETS = {
         Target(LSH_REV, (), 131072, "fp32", None),
         Target(LSH_REV, (), 262144, "fp32", None, memory_at_most_gb=20.0),
     ],
-    # In the order they run: a GPU is lent for minutes, and a time budget that runs out leaves the last
+    # In the order they run: GPU time is often short, and a time budget that runs out leaves the last
     # configurations unmeasured, so the quick and most asked-for rows come first and 262,144 tokens last.
     "gpu": [
         *(

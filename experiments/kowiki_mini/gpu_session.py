@@ -1,13 +1,13 @@
-"""One borrowed GPU, ten minutes: a stronger `mini` checkpoint and the GPU benchmark rows.
+"""Ten minutes of one GPU: a stronger `mini` checkpoint and the GPU benchmark rows.
 
-A GPU machine is lent only now and then, for minutes, with nothing to download and no ../shared/data
-there. So what it needs is prepared beforehand on any machine, it runs one command, and everything it
-produces comes back as one archive:
+GPU time is often short (a rented instance, a cluster's short queue), on a machine that may have no
+network access and no copy of ../shared/data. So what it needs is prepared beforehand on any machine, it
+runs one command, and everything it produces comes back as one archive:
 
     # here, once (reads ../shared/data): the cleaned Korean Wikipedia, split and compressed, ~26 MB
     python experiments/kowiki_mini/gpu_session.py pack --to .gpu-data
-    # there, from the repository root, with .gpu-data carried along
-    python experiments/kowiki_mini/gpu_session.py run --data .gpu-data --out "$OUT"
+    # there, from the repository root, with .gpu-data copied along
+    python experiments/kowiki_mini/gpu_session.py run --data .gpu-data --out gpu-results
 
 `run`, on the GPU machine:
 
