@@ -483,6 +483,18 @@ def test_upcoming_steps_follow_the_order_from_any_state_across_epochs() -> None:
     assert [epoch for _, epoch in keys] == [0, 1, 1, 1, 2, 2, 2]
 
 
+def test_an_epochs_permutation_is_the_same_however_often_and_in_what_order_it_is_asked_for() -> None:
+    from reforbert.pretraining import GlobalBatchOrder
+
+    def fresh(epoch: int) -> list[int]:
+        return GlobalBatchOrder(list(range(50)), global_batch_size=5, seed=9).permutation(epoch).tolist()
+
+    order = GlobalBatchOrder(list(range(50)), global_batch_size=5, seed=9)
+    for epoch in (0, 1, 0, 2, 1, 3, 0):  # kept, revisited after being dropped, ahead of the loop
+        assert order.permutation(epoch).tolist() == fresh(epoch), epoch
+    assert fresh(0) != fresh(1) and sorted(fresh(0)) == list(range(50))
+
+
 def test_group_by_length_sorts_a_global_batch_by_length_then_index() -> None:
     from reforbert.pretraining import group_by_length
 

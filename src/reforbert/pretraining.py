@@ -172,14 +172,22 @@ class GlobalBatchOrder:
         self.train_indices = torch.as_tensor(list(train_indices), dtype=torch.long)
         self.global_batch_size = global_batch_size
         self.seed = seed
+        # An epoch's permutation is drawn once, not for every batch: over a million examples a draw takes
+        # tens of milliseconds, longer than a small model's step on a GPU. Two epochs are kept, because
+        # the data workers' look-ahead crosses an epoch boundary before the loop does.
+        self._permutations: dict[int, torch.Tensor] = {}
 
     @property
     def steps_per_epoch(self) -> int:
         return len(self.train_indices) // self.global_batch_size
 
     def permutation(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return self.train_indices[torch.randperm(len(self.train_indices), generator=generator)]
+        if epoch not in self._permutations:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            drawn = self.train_indices[torch.randperm(len(self.train_indices), generator=generator)]
+            self._permutations = {e: p for e, p in self._permutations.items() if e == epoch - 1}
+            self._permutations[epoch] = drawn
+        return self._permutations[epoch]
 
     def next_batch(self, state: TrainingState) -> tuple[list[int], int]:
         """The indices of the next global batch and their epoch; advances ``state``'s data position."""
