@@ -19,6 +19,21 @@ from reforbert.data.vocab import SENTENCEPIECE_VOCAB_FILE
 WORD_START = "\u2581"  # SentencePiece marks a piece that begins a word with "▁"
 
 
+class _OneStream:
+    """Random numbers for the whole tensor at once from one generator (the JSON-lines writer's case):
+    every position draws, padding and rows that need no draw included, so ``fill`` and ``rows`` do not
+    apply."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def uniform(self, shape: torch.Size, fill: float, rows: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.rand(shape, generator=self.generator)
+
+    def integers(self, low: int, high: int, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        return torch.randint(low, high, shape, generator=self.generator, dtype=dtype)
+
+
 class _RowStreams:
     """Random numbers for a (rows, length) batch in which each row draws from a generator of its own.
 
@@ -73,15 +88,16 @@ def mask_tokens(
     ids = input_ids.unsqueeze(0) if squeeze else input_ids
     special = (special_tokens_mask.unsqueeze(0) if squeeze else special_tokens_mask).bool()
     maskable = ~special
+    streams: _OneStream | _RowStreams
     if isinstance(generator, torch.Generator):
-        streams = None
+        streams = _OneStream(generator)
     else:
         if squeeze or lengths is None or len(generator) != ids.shape[0] or len(lengths) != ids.shape[0]:
             raise ValueError("one generator per row needs 2-D input_ids and the rows' lengths")
         streams = _RowStreams(generator, lengths)
 
     # Each draw happens in the order a single row's masking makes it; unselected padding draws 1.0.
-    draw = torch.rand(ids.shape, generator=generator) if streams is None else streams.uniform(ids.shape, 1.0)
+    draw = streams.uniform(ids.shape, 1.0)
     positions = torch.arange(ids.shape[1]).expand_as(ids)
     start_of_word = positions  # without word boundaries every token is its own word
     if word_start_mask is not None:
@@ -97,28 +113,17 @@ def mask_tokens(
     # Guarantee one prediction (one whole word) per row: a short sequence can otherwise draw nothing.
     empty_rows = (selected.sum(dim=1) == 0) & (maskable.sum(dim=1) > 0)
     if empty_rows.any():
-        if streams is None:
-            scores = torch.rand(ids.shape, generator=generator)
-        else:
-            scores = streams.uniform(ids.shape, 0.0, rows=empty_rows)
-        scores = scores.masked_fill(~maskable, -1.0)
+        scores = streams.uniform(ids.shape, 0.0, rows=empty_rows).masked_fill(~maskable, -1.0)
         forced = scores.argmax(dim=1, keepdim=True)
         forced_word = torch.gather(start_of_word, 1, forced)
         selected |= (start_of_word == forced_word) & maskable & empty_rows.unsqueeze(1)
 
     labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
-    action = (
-        torch.rand(ids.shape, generator=generator) if streams is None else streams.uniform(ids.shape, 1.0)
-    )
+    action = streams.uniform(ids.shape, 1.0)
     to_mask = selected & (action < 0.8)
     to_random = selected & (action >= 0.8) & (action < 0.9)
     # Random replacements come only from ordinary pieces: the specials sit at ids 0..6.
-    if streams is None:
-        random_ids = torch.randint(
-            NUM_SPECIAL_TOKENS, vocab_size, ids.shape, generator=generator, dtype=ids.dtype
-        )
-    else:
-        random_ids = streams.integers(NUM_SPECIAL_TOKENS, vocab_size, ids.shape, ids.dtype)
+    random_ids = streams.integers(NUM_SPECIAL_TOKENS, vocab_size, ids.shape, ids.dtype)
     masked = ids.clone()
     masked[to_mask] = MASK_ID
     masked[to_random] = random_ids[to_random]
