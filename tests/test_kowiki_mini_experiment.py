@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
+import lzma
 import random
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -461,3 +464,94 @@ def test_gpu_session_refuses_missing_inputs_in_one_line(gpu_session, tmp_path: P
     assert gpu_session.main(argv) == 2
     assert "not an earlier session's scratch folder" in capsys.readouterr().err
     assert (mine / "notes.txt").read_text() == "a user's file"
+
+
+def test_gpu_session_packs_only_the_benchmarks_that_may_be_copied_and_unpacks_them_unchanged(
+    gpu_session, experiment, tmp_path: Path
+) -> None:
+    # Every portable benchmark is one run.py trains from that folder; Naver NER (no copies allowed) is not.
+    folders = {protocol.task: protocol.train.split("/")[0] for protocol in experiment.PROTOCOL}
+    assert {task: folders[task] for task in gpu_session.PORTABLE_TASKS} == gpu_session.PORTABLE_TASKS
+    assert "naver-ner" not in gpu_session.PORTABLE_TASKS
+    source = tmp_path / "tasks"
+    files = {
+        "nsmc/ratings_train.proxy.txt": "id\tdocument\tlabel\n1\t좋다\t1\n",
+        "nsmc/SOURCE.md": "CC0",
+        "naver_ner/train.tsv": "words\ttags\n",
+        "korquad1/KorQuAD_v1.0_dev.json": '{"data": []}',
+    }
+    for name, text in files.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text(text, encoding="utf-8")
+    packed = tmp_path / "packed"
+    gpu_session.pack_tasks(source, packed)
+    assert not (packed / "naver_ner").exists()
+    assert not list(packed.rglob("*.partial"))
+    gpu_session.pack_tasks(source, packed)  # a second pack replaces the first
+    unpacked = tmp_path / "unpacked"
+    gpu_session.unpack_tasks(packed, unpacked)
+    found = {str(path.relative_to(unpacked)) for path in unpacked.rglob("*") if path.is_file()}
+    assert found == {name for name in files if not name.startswith("naver_ner")}
+    for name in found:
+        assert (unpacked / name).read_bytes() == (source / name).read_bytes()
+
+
+def test_gpu_session_fine_tunes_the_release_on_the_unpacked_benchmarks_with_the_flags_given_last(
+    gpu_session, tmp_path: Path
+) -> None:
+    data, work = tmp_path / "data", tmp_path / "work"
+    (work / gpu_session.RELEASE).mkdir(parents=True)
+    (work / gpu_session.RELEASE / "config.json").write_text("{}")
+    (data / "tasks" / "question_pair").mkdir(parents=True)
+    (data / "tasks" / "question_pair" / "train.txt.xz").write_bytes(lzma.compress(b"question1\tquestion2\n"))
+    args = argparse.Namespace(
+        work=work, minutes=10.0, data=data, finetune_minutes=2.0, finetune_parallel=3,
+        finetune_flags="--seeds 1 --tasks question-pair",
+    )  # fmt: skip
+    session = gpu_session.Session(args)
+    commands = []
+
+    def step(name, command, limit_s):
+        commands.append((name, [str(part) for part in command], limit_s))
+        return True
+
+    session.step = step
+    assert gpu_session.finetune(session)
+    assert [name for name, _, _ in commands] == ["finetune-sweep", "finetune-seeds", "finetune-report"]
+    assert (work / "data" / "tasks" / "question_pair" / "train.txt").read_bytes() == b"question1\tquestion2\n"
+    for command, stage in zip([c for _, c, _ in commands], ("sweep", "finetune", "report"), strict=True):
+        assert command[command.index("--stages") + 1] == stage
+        assert command[command.index("--model") + 1] == str(work / gpu_session.RELEASE)
+        assert command[command.index("--data-dir") + 1] == str(work / "data")
+        assert command[command.index("--tasks") + 1 :][:2] == ["question-pair", "--parallel"]
+        assert command[-4:] == ["--seeds", "1", "--tasks", "question-pair"]
+    assert commands[0][2] == pytest.approx(gpu_session.SWEEP_SHARE * 120)
+
+
+def test_a_gpu_session_step_stopped_by_its_limit_takes_the_processes_it_started_along(
+    gpu_session, tmp_path: Path
+) -> None:
+    session = gpu_session.Session(argparse.Namespace(work=tmp_path, minutes=5.0))
+    child_pid_file = tmp_path / "child.pid"
+    spawn = (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+        f"open({str(child_pid_file)!r}, 'w').write(str(child.pid)); time.sleep(120)"
+    )
+    assert not session.step("sleeper", [sys.executable, "-c", spawn], limit_s=3)
+    assert session.records[-1]["status"] == "timed out"
+    child = int(child_pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and process_alive(child):
+        time.sleep(0.1)
+    assert not process_alive(child)
+    assert "time.sleep(120)" in (tmp_path / "logs" / "sleeper.log").read_text()
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")

@@ -1,10 +1,11 @@
-"""Ten minutes of one GPU: a stronger `mini` checkpoint and the GPU benchmark rows.
+"""Ten minutes of one GPU: a stronger `mini` checkpoint, its fine-tuning table and the GPU benchmark rows.
 
 GPU time is often short (a rented instance, a cluster's short queue), on a machine that may have no
 network access and no copy of ../shared/data. So what it needs is prepared beforehand on any machine, it
 runs one command, and everything it produces comes back as one archive:
 
-    # here, once (reads ../shared/data): the cleaned Korean Wikipedia, split and compressed, ~26 MB
+    # here, once (reads ../shared/data): the cleaned Korean Wikipedia, split and compressed (~26 MB),
+    # and the benchmark files that may be copied (~25 MB)
     python experiments/kowiki_mini/gpu_session.py pack --to .gpu-data
     # there, from the repository root, with .gpu-data copied along
     python experiments/kowiki_mini/gpu_session.py run --data .gpu-data --out gpu-results
@@ -17,15 +18,23 @@ runs one command, and everything it produces comes back as one archive:
 3. pretrains `mini` from random weights in two stages, length 32 then 128, bf16 (the curriculum that
    left the unigram plateau on the CPU, see this folder's README);
 4. scores the held-out documents (`heldout_mlm.py`, length 128, 15% masked) and writes the fp16 release
-   folder (`release.py`; its card is rewritten afterwards, where the fine-tuning runs);
-5. runs `benchmarks/model_throughput.py --targets gpu` in the time that is left;
-6. packs the stage folders (metrics and settings; no checkpoints), the release folder, the scores, the
-   benchmark results and every log into OUT/gpu-session.tar.gz and prints a summary (also OUT/summary.md).
+   folder (`release.py`; its card is rewritten afterwards, with the fine-tuning table);
+5. fine-tunes the release and its random-initialisation control on the packed benchmarks with this
+   folder's protocol (`run.py`: a learning-rate sweep per row on tuning splits, then 3 seeds per cell on
+   the reported splits, then the report), many runs side by side on the one GPU, each on a core of its own;
+   Naver NER is not among them (its license forbids copying the file), so it is fine-tuned afterwards
+   where ../shared/data is;
+6. runs `benchmarks/model_throughput.py --targets gpu` in the time that is left;
+7. packs the stage folders (metrics and settings; no checkpoints), the release folder, the scores, the
+   fine-tuning results, the benchmark results and every log into OUT/gpu-session.tar.gz and prints a
+   summary (also OUT/summary.md).
 
-Each step runs in its own process under a time limit, and a failed step stops only what needs its
+Each step runs in its own process group under a time limit, and a failed step stops only what needs its
 output (the benchmark runs even if pretraining failed): whatever was produced comes back.
-``run --precision fp32 --targets cpu --minutes 6 --pretrain-minutes 3 --max-text-mb 3
---global-batch-size 16`` rehearses the whole session on a CPU with a slice of the text.
+``run --precision fp32 --targets cpu --minutes 9 --pretrain-minutes 3 --max-text-mb 3
+--global-batch-size 16 --finetune-flags "--tasks question-pair --seeds 1 2 --learning-rates 1e-3
+--max-train-examples question-pair=300 --task-epochs question-pair=1"`` rehearses the whole session on a
+CPU with a slice of the text and one small benchmark.
 """
 
 from __future__ import annotations
@@ -35,7 +44,9 @@ import dataclasses
 import json
 import lzma
 import os
+import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -47,9 +58,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 DEFAULT_KOWIKI = REPO.parent / "shared" / "data" / "kowiki"
+DEFAULT_TASKS = REPO.parent / "shared" / "data" / "tasks"
 VOCAB = REPO / "models" / "reforbert-mini-kowiki"  # the released vocabulary: models stay comparable
 PACKED_FILES = ("train.txt.xz", "heldout.txt.xz")
 ARCHIVE = "gpu-session.tar.gz"
+# What of the scratch folder comes back (the fine-tuning's model folders, under finetune-models, do not).
+# The release folder is named as the released checkpoint, so that the fine-tuning table's row reads so.
+RELEASE = VOCAB.name
+ARCHIVED = ("summary.md", "heldout_mlm.json", "logs", "runs", "probes", RELEASE, "finetune", "benchmark")
 WORK_MARKER = ".gpu-session-scratch"  # only a folder holding it is emptied by a later run
 
 
@@ -86,6 +102,27 @@ EVAL_EXAMPLES = 2000
 # Share of a stage's time left for steps once its evaluations and checkpoints are paid for.
 STEP_TIME_SHARE = 0.9
 MINIMUM_STEPS = 10
+
+# The benchmarks fine-tuned on the GPU machine (run.py's names) and the folder of ../shared/data/tasks
+# each reads, copied there unmodified by `pack`. Not Naver NER: its license allows no copy anywhere.
+PORTABLE_TASKS = {
+    "nsmc": "nsmc",
+    "paws": "paws_ko",
+    "kornli": "kornli",
+    "korsts": "korsts",
+    "question-pair": "question_pair",
+    "korquad": "korquad1",
+}
+# run.py's flags on the GPU: the CPU protocol's grid, epochs and splits (so that the tables compare),
+# with the CPU's training subsets lifted where a GPU affords them (NSMC: 60,000 of its 121,500 training
+# reviews; KorQuAD: every training question). The per-run cap only guards against a run that hangs.
+GPU_FINETUNE_FLAGS = (
+    "--learning-rates 3e-4 1e-3 3e-3 --sweep-control "
+    "--task-epochs nsmc=2 paws=5 kornli=5 korsts=4 question-pair=4 korquad=3 "
+    "--max-train-examples nsmc=60000 korsts=0 korquad=0 --time-budget-minutes 2"
+)
+# Shares of the fine-tuning minutes: the sweep, then the seeds; the report takes the rest (seconds).
+SWEEP_SHARE, SEEDS_SHARE = 0.46, 0.46
 
 
 def scheduled_steps(seconds: float, step_seconds: float) -> int:
@@ -134,15 +171,19 @@ class Session:
         with log.open("w", encoding="utf-8") as stream:
             stream.write(" ".join(map(str, command)) + "\n")
             stream.flush()
+            # A process group of its own, so that a step stopped by its limit takes its children along
+            # (fine-tuning runs, data workers) instead of leaving them on the GPU for the next step.
+            process = subprocess.Popen(
+                list(map(str, command)),
+                stdout=stream,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                start_new_session=True,
+            )
             try:
-                status = subprocess.run(
-                    list(map(str, command)),
-                    stdout=stream,
-                    stderr=subprocess.STDOUT,
-                    timeout=limit_s,
-                    cwd=REPO,
-                ).returncode
+                status: int | str = process.wait(timeout=limit_s)
             except subprocess.TimeoutExpired:
+                stop_process_group(process)
                 status = "timed out"
         seconds = time.monotonic() - started
         self.records.append({"step": name, "status": status, "seconds": round(seconds, 1)})
@@ -152,6 +193,24 @@ class Session:
                 "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:]), flush=True
             )
         return status == 0
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM to the process and everything it started, SIGKILL to what is left after ``grace_s``."""
+    for signal_number, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, signal_number)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait_s)
+            if signal_number == signal.SIGTERM:
+                os.killpg(process.pid, signal.SIGKILL)  # children that outlived their parent
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
 
 
 def reforbert(*arguments: object) -> list[str]:
@@ -276,10 +335,35 @@ def release(session: Session, plans: list[dict]) -> bool:
         [
             sys.executable, HERE / "release.py", "--stages", *runs, "--heldout-scores", scores,
             "--budget-minutes", *(f"{plan['seconds'] / 60:.2f}" for plan in plans),
-            "--hardware", session.args.hardware, "--destination", work / "release",
+            "--hardware", session.args.hardware, "--destination", work / RELEASE,
         ],
         limit_s=120,
     )  # fmt: skip
+
+
+def finetune(session: Session) -> bool:
+    """The release and its control on the packed benchmarks: run.py's sweep, seeds and report, each a
+    step of its own, so that a sweep stopped by its limit still leaves its finished runs' scores."""
+    args, work = session.args, session.work
+    tasks = [task for task, folder in PORTABLE_TASKS.items() if (args.data / "tasks" / folder).is_dir()]
+    if not tasks or not (work / RELEASE / "config.json").is_file():
+        session.records.append({"step": "finetune", "status": "skipped: no release or no packed tasks"})
+        return False
+    unpack_tasks(args.data / "tasks", work / "data" / "tasks")
+    base = [
+        sys.executable, HERE / "run.py", "--model", work / RELEASE, "--data-dir", work / "data",
+        "--out", work / "finetune", "--work-dir", work / "finetune-models", "--tasks", *tasks,
+        "--parallel", args.finetune_parallel or os.cpu_count() or 1, "--threads-per-job", 1,
+    ]  # fmt: skip
+    flags = shlex.split(args.finetune_flags)  # after the defaults: a flag given here wins
+    seconds = 60 * args.finetune_minutes
+    swept = session.step("finetune-sweep", [*base, "--stages", "sweep", *flags], SWEEP_SHARE * seconds)
+    seeds = swept and session.step(
+        "finetune-seeds", [*base, "--stages", "finetune", *flags], SEEDS_SHARE * seconds
+    )
+    # The report of whatever finished: a cell whose runs were cut short shows them as missing.
+    reported = session.step("finetune-report", [*base, "--stages", "report", *flags], limit_s=60)
+    return swept and seeds and reported
 
 
 def benchmark(session: Session) -> bool:
@@ -311,6 +395,9 @@ def summary(session: Session, plans: list[dict]) -> str:
             f"MLM loss {held['mlm_loss']:.3f}, accuracy {100 * held['mlm_accuracy']:.1f}%, "
             f"at [MASK] {100 * held['mlm_accuracy_at_mask']:.1f}%, NSP {100 * held['nsp_accuracy']:.1f}%",
         ]
+    results = session.work / "finetune" / "RESULTS.md"
+    if results.is_file():
+        lines += ["", results.read_text(encoding="utf-8")]
     table = session.work / "benchmark" / "model_throughput.md"
     if table.is_file():
         lines += ["", table.read_text(encoding="utf-8")]
@@ -330,7 +417,7 @@ def pack_results(session: Session, text: str, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     archive = out / ARCHIVE
     with tarfile.open(archive, "w:gz") as tar:
-        for name in ("summary.md", "heldout_mlm.json", "logs", "runs", "probes", "release", "benchmark"):
+        for name in ARCHIVED:
             if (session.work / name).exists():
                 tar.add(session.work / name, arcname=name, filter=keep)
     (out / "summary.md").write_text(text, encoding="utf-8")
@@ -364,7 +451,8 @@ def run(args: argparse.Namespace) -> int:
     plans: list[dict] = []
     if make_instances(session):
         plans = pretrain(session)
-        release(session, plans)
+        if release(session, plans) and args.finetune_minutes > 0:
+            finetune(session)
     if args.targets != "none":
         benchmark(session)
     text = summary(session, plans)
@@ -390,13 +478,45 @@ def pack(args: argparse.Namespace) -> int:
     subprocess.run(list(map(str, split)), check=True)
     for source in (train, heldout):
         target = args.to / f"{source.name}.xz"
-        partial = target.with_name(target.name + ".partial")
-        with source.open("rb") as reader, lzma.open(partial, "wb", preset=6) as writer:
-            shutil.copyfileobj(reader, writer, length=1 << 20)
-        partial.replace(target)  # never a half-written file under the final name
+        compress(source, target)
         print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
     shutil.rmtree(scratch)
+    pack_tasks(args.tasks, args.to / "tasks")
     return 0
+
+
+def pack_tasks(source: Path, destination: Path) -> None:
+    """The portable benchmarks' files (with their SOURCE.md: origin and license), each xz-compressed: the
+    decompressed file is the original, byte for byte, and the whole fits what a GPU call can take along."""
+    if not source.is_dir():
+        print(f"{source}: no such folder; the GPU session will not fine-tune", file=sys.stderr)
+        return
+    for folder in PORTABLE_TASKS.values():
+        if not (source / folder).is_dir():
+            print(f"{source / folder}: no such folder; skipped", file=sys.stderr)
+            continue
+        for path in sorted((source / folder).iterdir()):
+            if path.is_file():
+                compress(path, destination / folder / f"{path.name}.xz")
+        print(f"packed {source / folder} -> {destination / folder}")
+
+
+def compress(source: Path, target: Path) -> None:
+    """``target``, the xz of ``source``; never a half-written file under the final name."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    with source.open("rb") as reader, lzma.open(partial, "wb", preset=6) as writer:
+        shutil.copyfileobj(reader, writer, length=1 << 20)
+    partial.replace(target)
+
+
+def unpack_tasks(packed: Path, destination: Path) -> None:
+    """The benchmark files as ``pack_tasks`` found them, laid out as run.py's --data-dir/tasks wants."""
+    for path in sorted(packed.glob("*/*.xz")):
+        target = destination / path.parent.name / path.name.removesuffix(".xz")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with lzma.open(path, "rb") as reader, target.open("wb") as writer:
+            shutil.copyfileobj(reader, writer, length=1 << 20)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -404,13 +524,27 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     packer = commands.add_parser("pack", help="Prepare the text the GPU machine pretrains on.")
     packer.add_argument("--kowiki", type=Path, default=DEFAULT_KOWIKI, help="WikiExtractor output folder.")
+    packer.add_argument(
+        "--tasks", type=Path, default=DEFAULT_TASKS, help="The benchmarks' folder (../shared/data/tasks)."
+    )
     packer.add_argument("--to", type=Path, default=REPO / ".gpu-data", help="Where the packed text goes.")
     runner = commands.add_parser("run", help="The session itself, on the GPU machine.")
     runner.add_argument("--data", type=Path, default=REPO / ".gpu-data", help="What `pack` wrote.")
     runner.add_argument("--out", type=Path, required=True, help="Where the archive and summary go.")
     runner.add_argument("--work", type=Path, default=Path("/tmp/reforbert-gpu-session"), help="Scratch.")
-    runner.add_argument("--minutes", type=float, default=9.5, help="The whole session's wall-clock.")
-    runner.add_argument("--pretrain-minutes", type=float, default=5.0, help="Probes and stages, together.")
+    runner.add_argument("--minutes", type=float, default=9.7, help="The whole session's wall-clock.")
+    runner.add_argument("--pretrain-minutes", type=float, default=4.5, help="Probes and stages, together.")
+    runner.add_argument(
+        "--finetune-minutes", type=float, default=3.5, help="Sweep, seeds and report together (0: none)."
+    )
+    runner.add_argument(
+        "--finetune-flags",
+        default=GPU_FINETUNE_FLAGS,
+        help="run.py's flags for the fine-tuning (default: the GPU protocol; see GPU_FINETUNE_FLAGS).",
+    )
+    runner.add_argument(
+        "--finetune-parallel", type=int, default=0, help="Fine-tuning runs at a time (default: one a core)."
+    )
     runner.add_argument("--reserve-s", type=float, default=25.0, help="Seconds kept for packing up.")
     runner.add_argument(
         "--precision", default="bf16", help="Pretraining precision (fp32 for a CPU rehearsal)."

@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.stats import spearmanr
-from seqeval.metrics import f1_score, precision_score, recall_score
 
 
 def accuracy(predicted: Sequence[int] | np.ndarray, gold: Sequence[int] | np.ndarray) -> float:
@@ -53,6 +52,10 @@ def entity_scores(
     gold_tags: Sequence[Sequence[str]], predicted_tags: Sequence[Sequence[str]]
 ) -> dict[str, float]:
     """Entity-level precision / recall / F1 x 100 (seqeval, CoNLL rules) over suffix-style tag sequences."""
+    # Imported here: only Naver NER needs seqeval, and a machine that fine-tunes the other benchmarks
+    # (a short GPU rental without network access, say) may not have it.
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
     gold = [[suffix_to_prefix_tag(tag) for tag in sentence] for sentence in gold_tags]
     predicted = [[suffix_to_prefix_tag(tag) for tag in sentence] for sentence in predicted_tags]
     return {
