@@ -431,20 +431,22 @@ def test_release_card_rebuilds_each_stage_data_draw_and_seed(release, tmp_path: 
     assert "| `train128b` | 128 |" in release.stage_table(stages).splitlines()[3]
 
 
-def test_gpu_session_sizes_each_stage_from_its_probe(gpu_session, tmp_path: Path) -> None:
-    metrics = tmp_path / "metrics.jsonl"
-    # The first steps are slow (warm-up): only the last half counts.
-    seconds = [1.0, 0.9, 0.8, 0.05, 0.04, 0.06, 0.05, 0.05]
-    lines = [json.dumps({"step": i + 1, "loss": 9.0, "step_seconds": s}) for i, s in enumerate(seconds)]
-    metrics.write_text("\n".join(lines + [json.dumps({"step": 8, "eval_mlm_loss": 8.0})]) + "\n")
-    step_seconds = gpu_session.median_step_seconds(metrics)
-    assert step_seconds == pytest.approx(0.05)
-    fits = (100.0 - gpu_session.START_UP_S) * gpu_session.STEP_TIME_SHARE / 0.05
-    assert gpu_session.scheduled_steps(100.0, step_seconds) == int(fits)
-    assert gpu_session.scheduled_steps(10.0, step_seconds) == gpu_session.MINIMUM_STEPS  # no time: a few
-    stage = gpu_session.STAGES[-1]
-    assert gpu_session.warmup_steps(stage, 100_000) == stage.warmup_steps
-    assert gpu_session.warmup_steps(stage, 50) == 5
+def test_gpu_session_stages_fit_their_schedules_to_their_share_of_the_time(
+    gpu_session, tmp_path: Path
+) -> None:
+    session = gpu_session.Session(
+        argparse.Namespace(work=tmp_path, minutes=10.0, precision="bf16", global_batch_size=0)
+    )
+    stage = gpu_session.STAGES[1]
+    command = [str(part) for part in gpu_session.pretrain_command(session, stage, tmp_path, 2.5)]
+    assert "--fit-schedule-to-time-budget" in command and "--max-steps" not in command
+    assert command[command.index("--time-budget-minutes") + 1] == "2.50"
+    assert command[command.index("--init-from") + 1] == str(tmp_path / "runs" / "s1" / "model")
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [{"step": 10, "loss": 9.0}, {"step": 20, "schedule_steps": 900, "fitted_step_seconds": 0.02}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert gpu_session.fitted_schedule(run) == {"schedule_steps": 900, "fitted_step_seconds": 0.02}
 
 
 def test_gpu_session_refuses_missing_inputs_in_one_line(gpu_session, tmp_path: Path, capsys) -> None:

@@ -541,6 +541,52 @@ def test_time_budget_stops_after_the_current_step_and_saves(
     assert (run_dir / "model" / "model.safetensors").is_file()
 
 
+def test_a_schedule_fitted_to_the_time_budget_ends_the_run_and_is_kept_on_resume(
+    tmp_path: Path, data_dir: Path, vocab_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import reforbert.pretraining as pretraining
+    from reforbert.schedule import FIT_AFTER_STEPS
+
+    # The pace a machine measures is not the test's business: whatever it is, 6 more steps fit.
+    monkeypatch.setattr(pretraining, "steps_that_fit", lambda *args, **kwargs: 6)
+    settings = {**COMMON, "warmup_steps": 2, "save_steps": 2, "save_total_limit": 0}
+    budget = {"time_budget_minutes": 30.0, "fit_schedule_to_time_budget": True}
+    run_dir = tmp_path / "run"
+    summary = pretraining.pretrain(data_dir, vocab_dir, run_dir, **budget, **settings)
+
+    total = FIT_AFTER_STEPS + 6
+    assert summary["step"] == total  # the schedule's end, long before the budget's
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in records if "schedule_steps" in r] == [
+        {"step": FIT_AFTER_STEPS, "schedule_steps": total, "fitted_step_seconds": pytest.approx(0, abs=60)}
+    ]
+    rates = {r["step"]: r["lr"] for r in records if "lr" in r}
+    peak = settings["learning_rate"]
+    assert rates[2] == pytest.approx(peak * 1 / 2)  # warm-up
+    assert rates[FIT_AFTER_STEPS] == pytest.approx(peak)  # before the fit: no decay to speak of
+    for step in range(FIT_AFTER_STEPS + 1, total + 1):  # after it: linear to zero at the fitted end
+        assert rates[step] == pytest.approx(peak * (total - step + 1) / (total - 2))
+    run_settings = json.loads((run_dir / "run_settings.json").read_text())
+    assert run_settings["schedule_steps"] == total and run_settings["schedule_fitted_to_time_budget"]
+
+    # Interrupted after the fit: the resumed invocation keeps the fitted end, although 100 more steps
+    # would fit now, and finishes as the uninterrupted run did.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run_dir, resumed)
+    shutil.rmtree(resumed / "model")
+    for checkpoint in (resumed / "checkpoints").iterdir():
+        if int(checkpoint.name.split("-")[1]) > FIT_AFTER_STEPS + 2:
+            shutil.rmtree(checkpoint)
+    monkeypatch.setattr(pretraining, "steps_that_fit", lambda *args, **kwargs: 100)
+    again = pretraining.pretrain(data_dir, vocab_dir, resumed, resume=True, **budget, **settings)
+    assert again["step"] == total
+    assert_same_weights(final_weights(resumed), final_weights(run_dir), atol=0)
+    with pytest.raises(ReforBertInputError, match="needs --time-budget-minutes"):
+        pretraining.pretrain(
+            data_dir, vocab_dir, tmp_path / "no-budget", **budget | {"time_budget_minutes": None}, **settings
+        )
+
+
 # ---------------------------------------------------------------------------------------------------
 # Arguments: whole-word masking, --init-from, recipes, and run folders written by earlier versions
 
@@ -700,7 +746,14 @@ def test_a_recipe_fills_the_flags_not_given_and_run_settings_record_the_result(
 
     run_dir = tmp_path / "run"
     argv = cli_command(
-        data_dir, vocab_dir, run_dir, "--recipe", "budget-stage2-len128", "--max-steps", "1", "--no-progress",
+        data_dir,
+        vocab_dir,
+        run_dir,
+        "--recipe",
+        "budget-stage2-len128",
+        "--max-steps",
+        "1",
+        "--no-progress",
     )
     assert cli.main(argv[3:]) == 0
     settings = json.loads((run_dir / "run_settings.json").read_text())

@@ -13,8 +13,9 @@ runs one command, and everything it produces comes back as one archive:
 `run`, on the GPU machine:
 
 1. makes the pretraining instances from the packed text (all cores; the released vocabulary);
-2. measures each pretraining stage's step time in a short probe, then sizes the stage's schedule to its
-   share of the time: a linear decay that reaches zero by the deadline, not one cut off by the clock;
+2. gives each pretraining stage its share of the time, and the stage sizes its own schedule to it from
+   the pace of its first steps (`--fit-schedule-to-time-budget`): a linear decay that reaches zero by the
+   deadline, not one cut off by the clock;
 3. pretrains `mini` from random weights in two stages, length 32 then 128, bf16 (the curriculum that
    left the unigram plateau on the CPU, see this folder's README);
 4. scores the held-out documents (`heldout_mlm.py`, length 128, 15% masked) and writes the fp16 release
@@ -47,7 +48,6 @@ import os
 import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -65,7 +65,7 @@ ARCHIVE = "gpu-session.tar.gz"
 # What of the scratch folder comes back (the fine-tuning's model folders, under finetune-models, do not).
 # The release folder is named as the released checkpoint, so that the fine-tuning table's row reads so.
 RELEASE = VOCAB.name
-ARCHIVED = ("summary.md", "heldout_mlm.json", "logs", "runs", "probes", RELEASE, "finetune", "benchmark")
+ARCHIVED = ("summary.md", "heldout_mlm.json", "logs", "runs", RELEASE, "finetune", "benchmark")
 WORK_MARKER = ".gpu-session-scratch"  # only a folder holding it is emptied by a later run
 
 
@@ -95,13 +95,9 @@ STAGES = (
     Stage("s1", 32, 128, 2e-3, 200, 0.15, share=0.25, dupe_factor=1),
     Stage("s2", 128, 128, 2e-3, 300, 0.25, share=0.75, dupe_factor=5),
 )
-PROBE_STEPS = 30  # the median step time of the last half of these sizes the schedule
-START_UP_S = 25.0  # per pretraining process: imports, opening the data, the first steps' warm-up
+START_UP_S = 25.0  # per pretraining process, before its clock starts: imports, the data, the model
 EVAL_EVERY = 500
 EVAL_EXAMPLES = 2000
-# Share of a stage's time left for steps once its evaluations and checkpoints are paid for.
-STEP_TIME_SHARE = 0.9
-MINIMUM_STEPS = 10
 
 # The benchmarks fine-tuned on the GPU machine (run.py's names) and the folder of ../shared/data/tasks
 # each reads, copied there unmodified by `pack`. Not Naver NER: its license allows no copy anywhere.
@@ -123,29 +119,6 @@ GPU_FINETUNE_FLAGS = (
 )
 # Shares of the fine-tuning minutes: the sweep, then the seeds; the report takes the rest (seconds).
 SWEEP_SHARE, SEEDS_SHARE = 0.46, 0.46
-
-
-def scheduled_steps(seconds: float, step_seconds: float) -> int:
-    """Optimizer steps that fit in ``seconds`` of a stage at ``step_seconds`` a step (at least a few)."""
-    usable = max(0.0, seconds - START_UP_S) * STEP_TIME_SHARE
-    return max(MINIMUM_STEPS, int(usable / max(step_seconds, 1e-6)))
-
-
-def warmup_steps(stage: Stage, steps: int) -> int:
-    """The stage's warm-up, or a tenth of a schedule too short for it."""
-    return min(stage.warmup_steps, steps // 10)
-
-
-def median_step_seconds(metrics: Path) -> float:
-    """The median ``step_seconds`` over the last half of a run's training records."""
-    times = [
-        record["step_seconds"]
-        for record in map(json.loads, metrics.read_text(encoding="utf-8").splitlines())
-        if "step_seconds" in record
-    ]
-    if not times:
-        raise ValueError(f"{metrics}: no training records with step_seconds")
-    return statistics.median(times[len(times) // 2 :])
 
 
 class Session:
@@ -254,7 +227,9 @@ def make_instances(session: Session) -> bool:
     return ok
 
 
-def pretrain_command(session: Session, stage: Stage, output: Path, steps: int, minutes: float) -> list[str]:
+def pretrain_command(session: Session, stage: Stage, output: Path, minutes: float) -> list[str]:
+    """One stage, its schedule sized by the run itself to ``minutes`` (``--fit-schedule-to-time-budget``:
+    the first steps' pace fixes its length, so that the rate reaches zero at the deadline)."""
     work, args = session.work, session.args
     batch = args.global_batch_size or stage.global_batch_size
     command = reforbert(
@@ -263,8 +238,8 @@ def pretrain_command(session: Session, stage: Stage, output: Path, steps: int, m
         "--config", "hidden_dropout_prob=0.0", "--precision", args.precision,
         "--max-seq-len", stage.max_seq_len, "--mlm-probability", stage.mlm_probability,
         "--global-batch-size", batch, "--micro-batch-size", batch,
-        "--learning-rate", stage.learning_rate, "--warmup-steps", warmup_steps(stage, steps),
-        "--max-steps", steps, "--time-budget-minutes", f"{minutes:.2f}",
+        "--learning-rate", stage.learning_rate, "--warmup-steps", stage.warmup_steps,
+        "--time-budget-minutes", f"{minutes:.2f}", "--fit-schedule-to-time-budget",
         "--eval-steps", EVAL_EVERY, "--eval-max-examples", EVAL_EXAMPLES, "--save-steps", EVAL_EVERY,
         "--save-total-limit", 1, "--log-every", 10, "--no-progress",
         # Batches made ahead by the machine's cores, so that the GPU does not wait for them.
@@ -275,38 +250,37 @@ def pretrain_command(session: Session, stage: Stage, output: Path, steps: int, m
     return command
 
 
+def fitted_schedule(run: Path) -> dict:
+    """The schedule length the run fitted to its budget, and the step time it was fitted from."""
+    for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if "schedule_steps" in record:
+            return {key: record[key] for key in ("schedule_steps", "fitted_step_seconds")}
+    return {}
+
+
 def pretrain(session: Session) -> list[dict]:
-    """Probe, size and run every stage; returns what each stage was given and measured."""
+    """Run every stage in its share of the pretraining minutes; returns what each was given and fitted."""
     work, plans = session.work, []
-    minutes = session.args.pretrain_minutes
     for stage in STAGES:
-        stage_seconds = 60 * minutes * stage.share
-        probe = work / "probes" / stage.name
+        stage_seconds = 60 * session.args.pretrain_minutes * stage.share
         plan = {"stage": stage.name, "seconds": stage_seconds}
         plans.append(plan)
-        probed = session.step(
-            f"probe-{stage.name}",
-            pretrain_command(session, stage, probe, PROBE_STEPS, 2.0) + ["--eval-steps", 10**6],
-            limit_s=180,
-        )
-        if not probed:
-            return plans
-        plan["probe_step_seconds"] = median_step_seconds(probe / "metrics.jsonl")
-        # The probe's time is the stage's: what it spent is taken from the stage's own share.
-        remaining = stage_seconds - session.records[-1]["seconds"]
-        plan["steps"] = scheduled_steps(remaining, plan["probe_step_seconds"])
-        # The clock stops (and saves) a stage that runs slower than its probe did: half a minute after
-        # its share, and in time for the session's later steps.
-        cap_minutes = min(remaining + 30, session.seconds_left() - 120) / 60
-        if cap_minutes < 0.25:
+        # The budget counts from the first step: the process's start-up comes out of the stage's share,
+        # and the session's later steps keep two minutes.
+        budget_s = min(stage_seconds - START_UP_S, session.seconds_left() - START_UP_S - 120)
+        if budget_s < 15:
             session.records.append({"step": f"pretrain-{stage.name}", "status": "skipped: no time left"})
             return plans
         run = work / "runs" / stage.name
-        if not session.step(
+        ran = session.step(
             f"pretrain-{stage.name}",
-            pretrain_command(session, stage, run, plan["steps"], cap_minutes),
-            limit_s=60 * cap_minutes + 60,
-        ):
+            pretrain_command(session, stage, run, budget_s / 60),
+            limit_s=budget_s + START_UP_S + 60,
+        )
+        if (run / "metrics.jsonl").is_file():
+            plan.update(fitted_schedule(run))
+        if not ran:
             return plans
     return plans
 
@@ -411,7 +385,7 @@ def pack_results(session: Session, text: str, out: Path) -> Path:
 
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         parts = Path(info.name).parts
-        skipped = {"checkpoints", "model"} if "runs" in parts or "probes" in parts else set()
+        skipped = {"checkpoints", "model"} if "runs" in parts else set()
         return None if skipped & set(parts) else info
 
     out.mkdir(parents=True, exist_ok=True)

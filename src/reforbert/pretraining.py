@@ -68,8 +68,18 @@ from reforbert.errors import ReforBertInputError
 from reforbert.fileio import atomic_directory, atomic_file, sha256_of
 from reforbert.flops import count_model_flops_per_token, default_peak_tflops, model_flops_utilization
 from reforbert.pretraining_arguments import PretrainingArguments, arguments_from_namespace, changed_invariants
+from reforbert.schedule import (
+    EVAL_COST_PER_TRAINING_EXAMPLE,
+    FIT_AFTER_STEPS,
+    LearningRateSchedule,
+    measured_step_seconds,
+    steps_that_fit,
+)
 
 # What a run folder holds; --overwrite removes exactly these and nothing else the user put there.
+# The provisional length of a schedule fitted to the time budget without --max-steps: long enough that
+# its rate stays at the peak until the fit, which comes after FIT_AFTER_STEPS steps.
+UNFITTED_SCHEDULE_STEPS = 10**9
 RUN_ENTRIES = ("checkpoints", "model", "metrics.jsonl", "tensorboard", "run_settings.json", "curves.png")
 
 MEMORY_LEVERS = """\
@@ -540,22 +550,17 @@ def build_model(
 
 
 def schedule_length(args: PretrainingArguments, data: PretrainingData, order: GlobalBatchOrder) -> int:
-    """The schedule's length: --max-steps, the steps --max-tokens should take, or one epoch."""
+    """The schedule's length: --max-steps, the steps --max-tokens should take, or one epoch. A schedule
+    fitted to the time budget starts as long as --max-steps allows (the fit shortens it after a few steps
+    of warm-up, whose rates do not depend on the length)."""
+    if args.fit_schedule_to_time_budget:
+        return args.max_steps if args.max_steps is not None else UNFITTED_SCHEDULE_STEPS
     if args.max_steps is not None:
         return args.max_steps
     if args.max_tokens is not None:
         sample = [len(data.dataset[i]["input_ids"]) for i in data.train_indices[:1000]]
         return max(1, math.ceil(args.max_tokens / (args.global_batch_size * sum(sample) / len(sample))))
     return order.steps_per_epoch
-
-
-def _learning_rate_schedule(name: str, optimizer: torch.optim.Optimizer, warmup: int, total: int) -> Any:
-    from transformers import get_scheduler
-
-    names = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
-    if name not in names:
-        raise ReforBertInputError(f"unknown schedule {name!r}; choose linear, cosine or constant")
-    return get_scheduler(names[name], optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
 def _adamw(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
@@ -708,6 +713,8 @@ class Trainer:
 
     def reached_the_end(self) -> bool:
         args, state = self.args, self.state
+        if args.fit_schedule_to_time_budget:  # never longer than --max-steps, fitted or not
+            return state.step >= self.schedule_steps
         if args.max_steps is not None or args.max_tokens is not None:
             return (args.max_steps is not None and state.step >= args.max_steps) or (
                 args.max_tokens is not None and state.tokens_seen >= args.max_tokens
@@ -751,7 +758,7 @@ def build_optimizer_and_schedule(
     """AdamW and its learning-rate schedule; also the warm-up steps (by default 10% of the schedule)."""
     warmup = args.warmup_steps if args.warmup_steps is not None else min(1000, schedule_steps // 10)
     optimizer = _adamw(model, args.learning_rate, args.weight_decay)
-    return optimizer, _learning_rate_schedule(args.schedule, optimizer, warmup, schedule_steps), warmup
+    return optimizer, LearningRateSchedule(optimizer, args.schedule, warmup, schedule_steps), warmup
 
 
 def prepare_for_training(
@@ -803,6 +810,8 @@ def set_up(args: PretrainingArguments, model_factory: ModelFactory | None = None
         args, accelerator, precision, model, TrainingObjects(model, optimizer, scheduler)
     )
     state = load_checkpoint(resume_from, objects) if resume_from is not None else TrainingState()
+    if objects.scheduler.fitted_total is not None:  # fitted to the time budget before the interruption
+        schedule_steps = objects.scheduler.fitted_total
     make_batch, make_eval_batch = build_batch_makers(args, config, data)
     return Trainer(
         args=args,
@@ -881,18 +890,7 @@ def write_run_settings(trainer: Trainer, throughput: Throughput) -> None:
     """RUN/run_settings.json: the arguments as used, the schedule, the MFU basis and the model config."""
     if not trainer.is_main:
         return
-    trainer.run_dir.mkdir(parents=True, exist_ok=True)
-    record = {
-        **trainer.settings,
-        "schedule_steps": trainer.schedule_steps,
-        "mfu_flops_per_token": throughput.flops_per_token,
-        "mfu_peak_tflops": throughput.peak_tflops,
-        "mfu_peak_source": throughput.peak_source,
-        "model": trainer.objects.model.config.to_dict(),
-    }
-    path = trainer.run_dir / "run_settings.json"
-    with _writing("the run settings", path), atomic_file(path, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=1, default=str)
+    _write_settings_file(trainer, throughput)
     args, world = trainer.args, trainer.accelerator.num_processes
     peak = throughput.peak_tflops
     print(
@@ -902,6 +900,75 @@ def write_run_settings(trainer: Trainer, throughput: Throughput) -> None:
         f"MFU peak {peak if peak is None else f'{peak:.1f}'} TFLOP/s ({throughput.peak_source})",
         file=sys.stderr,
     )
+
+
+def _write_settings_file(trainer: Trainer, throughput: Throughput) -> None:
+    trainer.run_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        **trainer.settings,
+        "schedule_steps": trainer.schedule_steps,
+        "schedule_fitted_to_time_budget": trainer.objects.scheduler.fitted_total is not None,
+        "mfu_flops_per_token": throughput.flops_per_token,
+        "mfu_peak_tflops": throughput.peak_tflops,
+        "mfu_peak_source": throughput.peak_source,
+        "model": trainer.objects.model.config.to_dict(),
+    }
+    path = trainer.run_dir / "run_settings.json"
+    with _writing("the run settings", path), atomic_file(path, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=1, default=str)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fitting the schedule to the time budget
+
+
+@dataclasses.dataclass
+class ScheduleFitting:
+    """Step times of this invocation until the schedule's length is fitted to ``deadline``."""
+
+    deadline: float  # time.monotonic() at which the time budget ends
+    step_seconds: list[float] = dataclasses.field(default_factory=list)
+
+
+def _schedule_fitting(trainer: Trainer, deadline: float | None) -> ScheduleFitting | None:
+    """What fits the schedule in this invocation; None when it is not asked for or already fitted."""
+    if not trainer.args.fit_schedule_to_time_budget or trainer.objects.scheduler.fitted_total is not None:
+        return None
+    assert deadline is not None  # validate() requires --time-budget-minutes
+    return ScheduleFitting(deadline)
+
+
+def fit_schedule(trainer: Trainer, fitting: ScheduleFitting, throughput: Throughput) -> dict[str, Any] | None:
+    """Once enough steps are timed: fix the schedule's length so that it ends before the deadline, within
+    --max-steps; returns the record to log then, else None. Every process takes the main one's length."""
+    if len(fitting.step_seconds) < FIT_AFTER_STEPS:
+        return None
+    args, state = trainer.args, trainer.state
+    step_seconds = measured_step_seconds(fitting.step_seconds)
+    eval_every = args.eval_steps or args.save_steps
+    # An evaluation runs a forward pass over every held-out example.
+    eval_batches = len(trainer.eval_indices) / args.global_batch_size
+    eval_seconds = eval_batches * step_seconds * EVAL_COST_PER_TRAINING_EXAMPLE
+    remaining = fitting.deadline - time.monotonic()
+    more = steps_that_fit(remaining, step_seconds, eval_seconds=eval_seconds, eval_every=eval_every)
+    total = state.step + more
+    if args.max_steps is not None:
+        total = min(total, args.max_steps)
+    if trainer.accelerator.num_processes > 1:
+        from accelerate.utils import broadcast
+
+        total = int(broadcast(torch.tensor([total], device=trainer.accelerator.device)).item())
+    trainer.objects.scheduler.fit(total)
+    trainer.schedule_steps = total
+    if trainer.is_main:
+        _write_settings_file(trainer, throughput)
+        print(
+            f"reforbert pretrain: {step_seconds:.3f} s a step (median of the last "
+            f"{len(fitting.step_seconds) - len(fitting.step_seconds) // 2}); the schedule ends at step "
+            f"{total:,}, within the time budget",
+            file=sys.stderr,
+        )
+    return {"step": state.step, "schedule_steps": total, "fitted_step_seconds": step_seconds}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1188,6 +1255,8 @@ def _progress_bar(trainer: Trainer) -> Any:
     from tqdm.auto import tqdm
 
     total = trainer.args.max_steps or trainer.schedule_steps
+    if total == UNFITTED_SCHEDULE_STEPS:
+        total = None  # not known until the schedule is fitted to the time budget
     return tqdm(total=total, initial=trainer.state.step, desc="pretrain", unit="step", dynamic_ncols=True)
 
 
@@ -1197,7 +1266,8 @@ def run_pretraining(args: PretrainingArguments, model_factory: ModelFactory | No
     Stops at ``max_steps``, after ``max_tokens`` non-padding tokens, or after ``time_budget_minutes`` of
     this invocation, whichever comes first (without max_steps or max_tokens, also after one epoch).
     The learning rate schedule spans ``max_steps`` or, without it, the steps ``max_tokens`` is expected
-    to take, or one epoch.
+    to take, or one epoch; with ``fit_schedule_to_time_budget``, the steps that fit the time budget at the
+    pace of the first steps (:mod:`reforbert.schedule`).
     Raises :class:`NonFiniteLossError` on a NaN/inf loss and :class:`PretrainingOutOfMemory` when memory
     runs out. ``model_factory`` trains another model through the same loop (see :data:`ModelFactory`).
     """
@@ -1208,6 +1278,7 @@ def run_pretraining(args: PretrainingArguments, model_factory: ModelFactory | No
     metrics = MetricsLog(trainer.run_dir, state.step if trainer.resumed else None, trainer.is_main)
     progress_bar = _progress_bar(trainer)
     deadline = None if args.time_budget_minutes is None else time.monotonic() + 60 * args.time_budget_minutes
+    fitting = _schedule_fitting(trainer, deadline)
     record: dict[str, Any] = {}
     with (
         StopRequests() as stop,
@@ -1219,6 +1290,14 @@ def run_pretraining(args: PretrainingArguments, model_factory: ModelFactory | No
             step_start = time.perf_counter()
             record = _train_step(trainer, state)  # train
             record.update(throughput.step_record(record.pop("step_tokens"), time.perf_counter() - step_start))
+            if fitting is not None:
+                fitting.step_seconds.append(record["step_seconds"])
+                fitted = fit_schedule(trainer, fitting, throughput)
+                if fitted is not None:
+                    metrics.log(fitted, prefix="schedule")
+                    if progress_bar is not None:
+                        progress_bar.total = trainer.schedule_steps
+                    fitting = None
             out_of_time, interrupted = trainer.any_process(
                 deadline is not None and time.monotonic() >= deadline, stop.received is not None
             )

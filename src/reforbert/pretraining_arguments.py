@@ -237,6 +237,12 @@ class PretrainingArguments:
     time_budget_minutes: float | None = _field(
         None, "Stop (and save) after this many minutes of this invocation.", deprecated=["--time-budget"]
     )
+    fit_schedule_to_time_budget: bool = _field(
+        False,
+        "Size the learning-rate schedule to --time-budget-minutes: after the first steps of warm-up, the "
+        "run fixes its length from its own pace so that the rate decays to its end before the deadline "
+        "(never beyond --max-steps; a resumed run keeps the length). Needs --warmup-steps.",
+    )
     # Checkpoints, evaluation and logging
     save_steps: int = _field(100, "Write a checkpoint every this many steps.")
     save_total_limit: int = _field(3, "Keep only this many most recent checkpoints (0 keeps them all).")
@@ -284,6 +290,19 @@ class PretrainingArguments:
                 raise ReforBertInputError(f"--{name.replace('_', '-')} must be in (0, 1), got {value}")
         if self.data_workers < 0:
             raise ReforBertInputError(f"--data-workers must be 0 or more, got {self.data_workers}")
+        if self.fit_schedule_to_time_budget:
+            needed = [
+                flag
+                for flag, value in (
+                    ("--time-budget-minutes", self.time_budget_minutes),
+                    ("--warmup-steps", self.warmup_steps),
+                )
+                if value is None
+            ]
+            if needed:
+                raise ReforBertInputError(f"--fit-schedule-to-time-budget needs {' and '.join(needed)}")
+            if self.max_tokens is not None:
+                raise ReforBertInputError("--fit-schedule-to-time-budget and --max-tokens exclude each other")
 
     def model_config_overrides(self) -> dict[str, Any]:
         """Model config fields set by --config and by the shortcut flags (the shortcuts win)."""
