@@ -528,6 +528,9 @@ def test_gpu_session_fine_tunes_the_release_on_the_unpacked_benchmarks_with_the_
         assert command[command.index("--tasks") + 1 :][:2] == ["question-pair", "--parallel"]
         assert command[-4:] == ["--seeds", "1", "--tasks", "question-pair"]
     assert commands[0][2] == pytest.approx(gpu_session.SWEEP_SHARE * 120)
+    # Each run's training stops in time to report within its step's limit.
+    cap = float(commands[0][1][commands[0][1].index("--time-budget-minutes") + 1])
+    assert 60 * cap + gpu_session.FINETUNE_RUN_OVERHEAD_S <= commands[0][2] + 0.6
 
 
 def test_a_gpu_session_step_stopped_by_its_limit_takes_the_processes_it_started_along(
