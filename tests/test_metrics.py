@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -72,3 +74,20 @@ def test_korquad_scores_take_the_best_gold_answer_and_count_missing_predictions(
     assert scores["exact_match"] == pytest.approx(100 / 3)
     # F1: q1 14/17, q2 0, q3 max(F1 vs 부산광역시 = 2*(1*2/5)/(1+2/5) = 4/7, 1) = 1
     assert scores["f1"] == pytest.approx(100 * (14 / 17 + 0 + 1) / 3)
+
+
+def test_every_benchmark_but_naver_ner_is_scored_without_seqeval_installed() -> None:
+    # A machine that fine-tunes the other benchmarks (a GPU rental without network access) may lack it.
+    code = (
+        "import sys; sys.modules['seqeval'] = sys.modules['seqeval.metrics'] = None\n"
+        "import reforbert.cli, reforbert.finetuning, reforbert.report\n"
+        "from reforbert.tasks.metrics import accuracy, spearman\n"
+        "print(accuracy([1, 0], [1, 1]), round(spearman([1, 2, 3], [1, 2, 4])))\n"
+        "from reforbert.tasks.metrics import entity_scores\n"
+        "try:\n"
+        "    entity_scores([['PER-B']], [['PER-B']])\n"
+        "except ImportError:\n"
+        "    print('seqeval needed for Naver NER')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split("\n")[:2] == ["50.0 100", "seqeval needed for Naver NER"]
