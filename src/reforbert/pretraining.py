@@ -76,10 +76,10 @@ from reforbert.schedule import (
     steps_that_fit,
 )
 
-# What a run folder holds; --overwrite removes exactly these and nothing else the user put there.
 # The provisional length of a schedule fitted to the time budget without --max-steps: long enough that
 # its rate stays at the peak until the fit, which comes after FIT_AFTER_STEPS steps.
 UNFITTED_SCHEDULE_STEPS = 10**9
+# What a run folder holds; --overwrite removes exactly these and nothing else the user put there.
 RUN_ENTRIES = ("checkpoints", "model", "metrics.jsonl", "tensorboard", "run_settings.json", "curves.png")
 
 MEMORY_LEVERS = """\
@@ -812,6 +812,7 @@ def set_up(args: PretrainingArguments, model_factory: ModelFactory | None = None
     state = load_checkpoint(resume_from, objects) if resume_from is not None else TrainingState()
     if objects.scheduler.fitted_total is not None:  # fitted to the time budget before the interruption
         schedule_steps = objects.scheduler.fitted_total
+        settings["warmup_steps"] = objects.scheduler.effective_warmup
     make_batch, make_eval_batch = build_batch_makers(args, config, data)
     return Trainer(
         args=args,
@@ -960,6 +961,7 @@ def fit_schedule(trainer: Trainer, fitting: ScheduleFitting, throughput: Through
         total = int(broadcast(torch.tensor([total], device=trainer.accelerator.device)).item())
     trainer.objects.scheduler.fit(total)
     trainer.schedule_steps = total
+    trainer.settings["warmup_steps"] = trainer.objects.scheduler.effective_warmup  # may be shortened
     if trainer.is_main:
         _write_settings_file(trainer, throughput)
         print(
