@@ -96,6 +96,7 @@ STAGES = (
     Stage("s2", 128, 128, 2e-3, 300, 0.25, share=0.75, dupe_factor=5),
 )
 START_UP_S = 25.0  # per pretraining process, before its clock starts: imports, the data, the model
+RELEASE_S = 90.0  # scoring the held-out documents and writing the release folder, after pretraining
 EVAL_EVERY = 500
 EVAL_EXAMPLES = 2000
 
@@ -271,8 +272,9 @@ def pretrain(session: Session) -> list[dict]:
         plan = {"stage": stage.name, "seconds": stage_seconds}
         plans.append(plan)
         # The budget counts from the first step: the process's start-up comes out of the stage's share,
-        # and the session's later steps keep two minutes.
-        budget_s = min(stage_seconds - START_UP_S, session.seconds_left() - START_UP_S - 120)
+        # and the session's later steps keep their time (scoring and release, fine-tuning, packing).
+        later_s = RELEASE_S + 60 * session.args.finetune_minutes + session.args.reserve_s
+        budget_s = min(stage_seconds - START_UP_S, session.seconds_left() - START_UP_S - later_s)
         if budget_s < 15:
             session.records.append({"step": f"pretrain-{stage.name}", "status": "skipped: no time left"})
             return plans
