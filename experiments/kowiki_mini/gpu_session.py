@@ -32,15 +32,16 @@ runs one command, and everything it produces comes back as one archive:
 
 Each step runs in its own process group under a time limit, and a failed step stops only what needs its
 output (the benchmark runs even if pretraining failed): whatever was produced comes back.
-``run --precision fp32 --targets cpu --minutes 9 --pretrain-minutes 3 --max-text-mb 3
---global-batch-size 16 --finetune-flags "--tasks question-pair --seeds 1 2 --learning-rates 1e-3
---max-train-examples question-pair=300 --task-epochs question-pair=1"`` rehearses the whole session on a
-CPU with a slice of the text and one small benchmark.
+``run --precision fp32 --targets none --minutes 9 --pretrain-minutes 3 --max-text-mb 3
+--global-batch-size 16 --finetune-minutes 3 --finetune-flags "--tasks question-pair --seeds 1 2
+--learning-rates 1e-3 --max-train-examples question-pair=300 --task-epochs question-pair=1"`` rehearses
+the whole session on a CPU with a slice of the text and one small benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import lzma
@@ -175,20 +176,13 @@ class Session:
 
 def stop_process_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
     """SIGTERM to the process and everything it started, SIGKILL to what is left after ``grace_s``."""
-    for signal_number, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
-        try:
-            os.killpg(process.pid, signal_number)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait_s)
-            if signal_number == signal.SIGTERM:
-                os.killpg(process.pid, signal.SIGKILL)  # children that outlived their parent
-            return
-        except subprocess.TimeoutExpired:
-            continue
-        except ProcessLookupError:
-            return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # the parent if it lingers, children that outlived it
+    process.wait()
 
 
 def reforbert(*arguments: object) -> list[str]:

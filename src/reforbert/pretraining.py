@@ -698,10 +698,15 @@ class Trainer:
     eval_indices: list[int]
     accumulation: int  # micro-batches per process per optimizer step
     settings: dict[str, Any]
-    schedule_steps: int
     state: TrainingState
     resumed: bool
     prefetcher: Prefetcher | None = None  # set while the loop runs with --data-workers
+
+    @property
+    def schedule_steps(self) -> int:
+        """The schedule's length: from the arguments, or as fitted to the time budget (then restored
+        from the checkpoint on --resume)."""
+        return self.objects.scheduler.total
 
     @property
     def run_dir(self) -> Path:
@@ -810,9 +815,6 @@ def set_up(args: PretrainingArguments, model_factory: ModelFactory | None = None
         args, accelerator, precision, model, TrainingObjects(model, optimizer, scheduler)
     )
     state = load_checkpoint(resume_from, objects) if resume_from is not None else TrainingState()
-    if objects.scheduler.fitted_total is not None:  # fitted to the time budget before the interruption
-        schedule_steps = objects.scheduler.fitted_total
-        settings["warmup_steps"] = objects.scheduler.effective_warmup
     make_batch, make_eval_batch = build_batch_makers(args, config, data)
     return Trainer(
         args=args,
@@ -829,7 +831,6 @@ def set_up(args: PretrainingArguments, model_factory: ModelFactory | None = None
         eval_indices=data.eval_indices,
         accumulation=accumulation,
         settings=settings,
-        schedule_steps=schedule_steps,
         state=state,
         resumed=resume_from is not None,
     )
@@ -907,6 +908,7 @@ def _write_settings_file(trainer: Trainer, throughput: Throughput) -> None:
     trainer.run_dir.mkdir(parents=True, exist_ok=True)
     record = {
         **trainer.settings,
+        "warmup_steps": trainer.objects.scheduler.effective_warmup,  # a fitted schedule may shorten it
         "schedule_steps": trainer.schedule_steps,
         "schedule_fitted_to_time_budget": trainer.objects.scheduler.fitted_total is not None,
         "mfu_flops_per_token": throughput.flops_per_token,
@@ -960,8 +962,6 @@ def fit_schedule(trainer: Trainer, fitting: ScheduleFitting, throughput: Through
 
         total = int(broadcast(torch.tensor([total], device=trainer.accelerator.device)).item())
     trainer.objects.scheduler.fit(total)
-    trainer.schedule_steps = total
-    trainer.settings["warmup_steps"] = trainer.objects.scheduler.effective_warmup  # may be shortened
     if trainer.is_main:
         _write_settings_file(trainer, throughput)
         print(
