@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("reforbert.report", "Render the results table from results/*.json."),
     "data": ("reforbert.tasks.download", "Download benchmark files and verify their checksums."),
 }
+# Commands that train a model: on the CPU they keep freed memory for reuse (reforbert.allocator).
+TRAINING_COMMANDS = ("demo", "pretrain", "finetune")
 
 
 class _DeprecatedSpelling(argparse.Action):
@@ -86,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "run", None) is None:
         parser.print_help()
         return 2
+    if args.command in TRAINING_COMMANDS:
+        from reforbert.allocator import keep_freed_memory_when_training_on_cpu
+
+        keep_freed_memory_when_training_on_cpu()
     try:
         return int(args.run(args) or 0)
     except ReforBertInputError as error:
