@@ -350,7 +350,12 @@ def test_sweep_finetune_report_end_to_end(experiment, tmp_path, tiny_tokenizer):
 
 
 def write_stage_run(
-    folder: Path, mlm_probability: float, resumed: bool, data: Path | None = None, seed: int = 0
+    folder: Path,
+    mlm_probability: float,
+    resumed: bool,
+    data: Path | None = None,
+    seed: int = 0,
+    fitted_to_budget: bool = False,
 ) -> None:
     """A run folder as `reforbert pretrain` leaves it, with two invocations when ``resumed``."""
     folder.mkdir(parents=True)
@@ -363,9 +368,12 @@ def write_stage_run(
         "learning_rate": 2e-3,
         "mlm_probability": mlm_probability,
         "warmup_steps": 100,
+        "max_steps": 8000 if fitted_to_budget else 4200,
         "schedule_steps": 4200,
         "compile": True,
     }
+    if fitted_to_budget:
+        settings["schedule_fitted_to_time_budget"] = True
     (folder / "run_settings.json").write_text(json.dumps(settings), encoding="utf-8")
     clock = [60.0, 120.0, 30.0, 90.0] if resumed else [60.0, 120.0, 180.0, 240.0]
     records = []
@@ -429,6 +437,21 @@ def test_release_card_rebuilds_each_stage_data_draw_and_seed(release, tmp_path: 
     assert "--data train128 " in first and "--seed" not in first
     assert "--data train128b " in second and "--init-from runs/s1/model --seed 1" in second
     assert "| `train128b` | 128 |" in release.stage_table(stages).splitlines()[3]
+
+
+def test_release_card_reproduces_a_fitted_schedule_by_fitting_again(release, tmp_path: Path) -> None:
+    """A stage whose schedule was fitted to its budget is rerun with the fit, not its host's fitted length."""
+    write_stage_run(tmp_path / "s1", 0.25, resumed=False)
+    write_stage_run(tmp_path / "s2", 0.25, resumed=False, fitted_to_budget=True)
+    stages = [{**release.stage_facts(tmp_path / name), "budget_minutes": 30} for name in ("s1", "s2")]
+    first, second = release.reproduce_commands(stages).split("reforbert pretrain ")[1:]
+    assert "--max-steps 4200 --time-budget-minutes 30" in first
+    assert "fit-schedule" not in first
+    assert "--max-steps 8000 --time-budget-minutes 30 --fit-schedule-to-time-budget" in second
+    finished = [{**stage, "steps": 4200} for stage in stages]
+    notes = release.schedule_notes(finished)
+    assert "Stage 1 ran all 4,200 steps of its schedule." in notes
+    assert "Stage 2 ran all 4,200 steps of its schedule (a length fitted to its 30-minute budget)." in notes
 
 
 def test_gpu_session_stages_fit_their_schedules_to_their_share_of_the_time(

@@ -56,6 +56,10 @@ def stage_facts(run_dir: Path) -> dict:
         "mlm_probability": settings["mlm_probability"],
         "warmup_steps": settings["warmup_steps"],
         "schedule_steps": settings["schedule_steps"],
+        # A schedule fitted to the time budget (--fit-schedule-to-time-budget) is reproduced by fitting
+        # again under the same cap, not by its fitted length, which depends on the host's speed.
+        "schedule_fitted": settings.get("schedule_fitted_to_time_budget", False),
+        "max_steps": settings.get("max_steps", settings["schedule_steps"]),
         "compile": settings.get("compile", False),
         "steps": last["step"],
         "tokens": last["tokens_seen"],
@@ -103,6 +107,8 @@ def schedule_notes(stages: list[dict]) -> str:
         steps, scheduled = stage["steps"], stage["schedule_steps"]
         if steps >= scheduled:
             ending = f"ran all {scheduled:,} steps of its schedule"
+            if stage["schedule_fitted"]:
+                ending += f" (a length fitted to its {stage['budget_minutes']:g}-minute budget)"
         elif steps < stage["warmup_steps"]:
             ending = f"was stopped by its time budget at step {steps:,}, still warming up"
         else:
@@ -146,6 +152,12 @@ def reproduce_commands(stages: list[dict]) -> str:
     for number, stage in enumerate(stages, start=1):
         length = stage["max_seq_len"]
         micro = stage["micro_batch_size"]
+        schedule = (
+            f"--max-steps {stage['max_steps']} --time-budget-minutes {stage['budget_minutes']:g} "
+            "--fit-schedule-to-time-budget"
+            if stage["schedule_fitted"]
+            else f"--max-steps {stage['schedule_steps']} --time-budget-minutes {stage['budget_minutes']:g}"
+        )
         init = f" --init-from runs/s{number - 1}/model" if number > 1 else ""
         commands.append(
             f"reforbert pretrain --data {stage['data']} --eval-data heldout{length} --vocab vocab "
@@ -153,8 +165,7 @@ def reproduce_commands(stages: list[dict]) -> str:
             f"    --preset mini --attention full --no-reversible --config hidden_dropout_prob=0.0 "
             f"--precision bf16 --max-seq-len {length} --mlm-probability {stage['mlm_probability']:g} \\\n"
             f"    --global-batch-size {stage['global_batch_size']} --micro-batch-size {micro} "
-            f"--learning-rate {stage['learning_rate']:g} --warmup-steps {stage['warmup_steps']} "
-            f"--max-steps {stage['schedule_steps']} --time-budget-minutes {stage['budget_minutes']:g}"
+            f"--learning-rate {stage['learning_rate']:g} --warmup-steps {stage['warmup_steps']} {schedule}"
             + (" --compile" if stage["compile"] else "")
         )
     return "\n".join(commands)
