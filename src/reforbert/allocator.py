@@ -7,8 +7,9 @@ activations and gradients every time, so by default each step maps fresh pages a
 them again on first touch. Raising both thresholds to 1 GiB keeps those blocks in the heap, where the
 next step reuses them: on a 2-core virtual machine a ``mini`` pretraining step (64 x 128, bf16,
 eager) took a tenth less time with a tenth of the page faults and the same peak RSS; compiled, or in a
-small fine-tuning run, the difference was within the noise (README, "Throughput and memory"). The price is resident memory between steps: up to 1 GiB of freed heap is no longer
-returned, and at very long lengths, where a step frees many blocks under 1 GiB, the peak can grow.
+small fine-tuning run, the difference was within the noise (README, "Throughput and memory"). The
+price is resident memory between steps: up to 1 GiB of freed heap is no longer returned, and at very
+long lengths, where a step frees many blocks under 1 GiB, the peak can grow.
 
 Only the training commands ask for it (``reforbert pretrain``, ``finetune``, ``demo``) and only when no
 GPU is visible; the library itself never changes the allocator of a program that imports it.
