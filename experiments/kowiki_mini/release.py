@@ -152,11 +152,11 @@ def reproduce_commands(stages: list[dict]) -> str:
     for number, stage in enumerate(stages, start=1):
         length = stage["max_seq_len"]
         micro = stage["micro_batch_size"]
+        fitted = stage["schedule_fitted"]
         schedule = (
-            f"--max-steps {stage['max_steps']} --time-budget-minutes {stage['budget_minutes']:g} "
-            "--fit-schedule-to-time-budget"
-            if stage["schedule_fitted"]
-            else f"--max-steps {stage['schedule_steps']} --time-budget-minutes {stage['budget_minutes']:g}"
+            f"--max-steps {stage['max_steps'] if fitted else stage['schedule_steps']} "
+            f"--time-budget-minutes {stage['budget_minutes']:g}"
+            + (" --fit-schedule-to-time-budget" if fitted else "")
         )
         init = f" --init-from runs/s{number - 1}/model" if number > 1 else ""
         commands.append(
