@@ -161,7 +161,7 @@ def test_links_and_parentheses() -> None:
 
 
 def test_only_markup_tags_are_removed() -> None:
-    line = "가<br>나<BR />다 <small>작게</small> 《<The Wall>》 vector<int> <span style=\"x\">끝</span>"
+    line = '가<br>나<BR />다 <small>작게</small> 《<The Wall>》 vector<int> <span style="x">끝</span>'
     assert clean_inline(line) == "가 나 다 작게 《<The Wall>》 vector<int> 끝"
 
 
@@ -208,7 +208,9 @@ def test_output_does_not_depend_on_worker_count(tmp_path: Path, monkeypatch: pyt
     assert (tmp_path / "one.txt").read_text(encoding="utf-8") == text
     assert text == EXPECTED_EXTRACTED_TEXT + "\n" + EXPECTED_DUMP_TEXT
     assert (one.documents_kept, one.characters_kept, one.dropped) == (
-        two.documents_kept, two.characters_kept, two.dropped
+        two.documents_kept,
+        two.characters_kept,
+        two.dropped,
     )
 
 
@@ -446,8 +448,19 @@ def test_download_without_a_known_checksum_needs_permission(tmp_path, server, ca
 def test_cli_download_then_clean(tmp_path: Path, server: RangeServer) -> None:
     output = tmp_path / "corpus.txt"
     md5 = hashlib.md5(server.payload).hexdigest()
-    argv = ["corpus", "--download", dump_url(server), "--md5", md5, "-o", str(output),
-            "--min-chars", str(MIN_CHARS), "--workers", "1"]
+    argv = [
+        "corpus",
+        "--download",
+        dump_url(server),
+        "--md5",
+        md5,
+        "-o",
+        str(output),
+        "--min-chars",
+        str(MIN_CHARS),
+        "--workers",
+        "1",
+    ]
     assert main(argv) == 0
     assert output.read_text(encoding="utf-8") == EXPECTED_DUMP_TEXT
     assert (tmp_path / "dump.xml.bz2").read_bytes() == server.payload
@@ -469,6 +482,6 @@ def test_real_kowiki_files_come_out_clean(tmp_path: Path) -> None:
         assert leftover not in text, leftover
     documents = text.split("\n\n")
     assert len(documents) == stats.documents_kept > 100
-    assert documents[0].startswith("지미 카터\n제임스 얼 \"지미\" 카터 주니어(1924년 10월 1일 ~ )는")
+    assert documents[0].startswith('지미 카터\n제임스 얼 "지미" 카터 주니어(1924년 10월 1일 ~ )는')
     assert all(len(doc.split("\n", 1)[1]) >= corpus_module.DEFAULT_MIN_CHARS for doc in documents)
     assert stats.dropped["shorter than min-chars"] > 0
