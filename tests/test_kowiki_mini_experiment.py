@@ -257,6 +257,53 @@ def test_a_partial_run_is_recorded_under_its_own_rows_and_tasks(experiment, tmp_
     assert label("report", "--rows", "pretrained", "--tasks", "korsts") == "report"
 
 
+def test_a_finetune_stage_adds_seeds_of_its_setting_and_sets_every_other_result_aside(experiment, tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    (work / "pretrained-model").mkdir(parents=True)
+    (work / "pretrained-model" / "model.safetensors").write_bytes(b"weights")
+    flags = ["--out", str(out), "--work-dir", str(work), "--tasks", "nsmc", "--rows", "pretrained"]
+    args = experiment.build_parser().parse_args([*flags, "--seeds", "2"])
+    args.max_train_examples = experiment.parse_limits(args.max_train_examples)
+    choice = {"rows": {"pretrained": {"nsmc": {"learning_rate": 1e-3, "epochs": 1.0}}}}
+    jobs, skipped = experiment.finetune_jobs(args, choice)
+    assert [job.seed for job in jobs] == [2] and skipped == []
+    setting = experiment.run_setting(experiment.job_finetune_args(jobs[0]))
+    results = out / "results" / "pretrained"
+    results.mkdir(parents=True)
+
+    def write(name: str, protocol: dict) -> None:
+        (results / name).write_text(json.dumps({"metrics": {"accuracy": 80.0}, "protocol": protocol}))
+
+    write("nsmc.seed1.json", {"setting": setting})  # an earlier seed of this setting: kept
+    write("nsmc.seed2.json", {"setting": setting})  # the seed this stage reruns
+    write("nsmc.seed3.json", {"setting": {**setting, "weights_sha256": "other weights"}})
+    write("nsmc.seed4.json", {})  # older than recorded settings
+    write("paws.seed1.json", {})  # a task this stage does not run
+
+    moved = experiment.set_aside_results_of_other_settings(args, jobs)
+
+    assert sorted(path.name for path in results.iterdir()) == ["nsmc.seed1.json", "paws.seed1.json"]
+    assert sorted(path.name for path in moved) == ["nsmc.seed2.json", "nsmc.seed3.json", "nsmc.seed4.json"]
+    for path in moved:  # set aside, never deleted
+        assert path.parents[2] == out / "replaced" and path.parent.name == "pretrained"
+        assert json.loads(path.read_text())["metrics"] == {"accuracy": 80.0}
+
+
+def test_run_setting_ignores_the_seed_and_the_model_folder_but_not_its_weights(experiment, tmp_path):
+    first, moved, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for folder, weights in ((first, b"w1"), (moved, b"w1"), (other, b"w2")):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(weights)
+
+    def setting(model: Path, seed: str, learning_rate: str = "1e-3") -> dict:
+        flags = ["--train", "t.txt", "--model", str(model), "--seed", seed, "--learning-rate", learning_rate]
+        return experiment.run_setting(flags)
+
+    assert setting(first, "1") == setting(moved, "2")
+    assert setting(first, "1") != setting(other, "1")
+    assert setting(first, "1") != setting(first, "1", learning_rate="3e-3")
+
+
 @pytest.mark.slow
 def test_sweep_finetune_report_end_to_end(experiment, tmp_path, tiny_tokenizer):
     model_dir = tmp_path / "model"
@@ -341,6 +388,20 @@ def test_sweep_finetune_report_end_to_end(experiment, tmp_path, tiny_tokenizer):
     assert summary["jobs"]["finetune-nsmc-control-seed2"]["exit_code"] == 0
     partial = ("sweep (nsmc, question-pair)", "finetune (nsmc, question-pair)")
     assert set(summary["stages"]) == {*partial, "report"}
+
+    # A later invocation adds a seed to the runs of the same setting instead of replacing them.
+    recorded = json.loads((out / "results" / "pretrained" / "nsmc.seed1.json").read_text(encoding="utf-8"))
+    weights = experiment.weights_digest(work / "pretrained-model")
+    assert recorded["protocol"]["setting"]["weights_sha256"] == weights
+    more = ["--model", str(model_dir), "--data-dir", str(data), "--out", str(out), "--work-dir", str(work)]
+    more += ["--tasks", "nsmc", "--rows", "pretrained", "--seeds", "3", "--stages", "finetune,report"]
+    more += ["--time-budget-minutes", "1", "--threads-per-job", "1"]
+    assert experiment.main(more) == 0
+    assert sorted(path.name for path in (out / "results" / "pretrained").glob("nsmc.*")) == [
+        f"nsmc.seed{seed}.json" for seed in (1, 2, 3)
+    ]
+    assert not (out / "replaced").exists()
+    assert "(dev*, 6; n=3)" in (out / "RESULTS.md").read_text(encoding="utf-8")
 
     # A later report-only invocation records its own settings beside, not over, those the runs used.
     assert experiment.main(["--model", str(model_dir), "--out", str(out), "--stages", "report"]) == 0

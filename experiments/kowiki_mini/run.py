@@ -9,6 +9,9 @@ Stages (every fine-tuning run is a ``reforbert finetune`` in its own process, lo
    weights) x every seed, with the chosen setting, scored on the reported dev split:
    OUT/results/<row>/<task>.seed<k>.json. A run that fails leaves a failure record at the same path
    (its exit status and log), so the table shows the hole instead of averaging over the survivors.
+   Each result records its setting (finetune flags without the seed, digest of the weights); a later
+   invocation with more seeds keeps the earlier seeds of the same setting and moves every other
+   earlier result of the cells it runs to OUT/replaced/<time>/, so no table averages two settings.
 3. ``report``: OUT/RESULTS.md and OUT/RESULTS.png (mean ± std per cell, the lift over the control,
    error bars) via ``reforbert report``; OUT/summary.json holds every job's wall-clock and exit status.
 
@@ -31,6 +34,7 @@ GPU. Examples::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -275,12 +279,47 @@ def run_job(args: argparse.Namespace, finetune_args: list[str]) -> int:
         "reported_fraction": args.reported_fraction,
         "tuning_fraction": args.tuning_fraction,
         "max_eval_examples": args.max_eval_examples,
+        "setting": run_setting(finetune_args),
     }
     args.result.parent.mkdir(parents=True, exist_ok=True)
     partial = args.result.with_name(args.result.name + ".partial")
     partial.write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     partial.replace(args.result)
     return 0
+
+
+def weights_digest(model_dir: Path) -> str:
+    """SHA-256 of the weights a run fine-tunes: the same flags on other weights are another setting."""
+    digest = hashlib.sha256()
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def run_setting(finetune_args: Sequence[str]) -> dict[str, Any]:
+    """What a finetune run's score depends on besides its seed: its flags (the model folder's path
+    replaced by its weights' digest, since work folders move) and the protocol's split. Seeds of a
+    task are averaged only where this agrees."""
+    flags, model_dir = [], None
+    arguments = iter(finetune_args)
+    for flag in arguments:
+        if flag in ("--seed", "--model"):
+            value = next(arguments, "")
+            if flag == "--model":
+                model_dir = Path(value)
+            continue
+        flags.append(flag)
+    return {
+        "finetune_flags": flags,
+        "weights_sha256": weights_digest(model_dir) if model_dir is not None else None,
+    }
+
+
+def job_finetune_args(job: Job) -> list[str]:
+    """The ``reforbert finetune`` flags of a ``run.py job`` command (everything after ``--``)."""
+    return job.command[job.command.index("--") + 1 :]
 
 
 def job_parser() -> argparse.ArgumentParser:
@@ -336,7 +375,7 @@ def reforbert_job(protocol: TaskProtocol, args: argparse.Namespace, result: Path
         "--no-progress",
         "--attention",
         "auto",
-        "--time-budget",
+        "--time-budget-minutes",
         str(args.time_budget_minutes),
         *protocol.extra,
     ]
@@ -538,7 +577,8 @@ def chosen_setting(choice: dict[str, Any], row: str, task: str) -> dict[str, Any
 
 
 def finetune_jobs(args: argparse.Namespace, choice: dict[str, Any]) -> tuple[list[Job], list[dict[str, Any]]]:
-    """The runs of the finetune stage, and a record for every run that cannot start (no setting chosen)."""
+    """The runs of the finetune stage, and a record for every run that cannot start (no setting chosen;
+    ``record_skipped_runs`` writes their failure records)."""
     jobs, skipped = [], []
     epochs_override = dict(args.finetune_epochs)
     for protocol in selected(args):
@@ -552,13 +592,17 @@ def finetune_jobs(args: argparse.Namespace, choice: dict[str, Any]) -> tuple[lis
                 log = args.out / "logs" / f"{name}.log"
                 if setting is None:
                     reason = "no learning rate chosen: every sweep run of this task failed or none ran"
-                    log.parent.mkdir(parents=True, exist_ok=True)
-                    log.write_text(reason + "\n", encoding="utf-8")
-                    write_failure(
-                        result, protocol.task, seed, None, log, reason="not run: no learning rate chosen"
-                    )
                     skipped.append(
-                        {"job": name, "exit_code": None, "seconds": 0.0, "log": str(log), "reason": reason}
+                        {
+                            "job": name,
+                            "exit_code": None,
+                            "seconds": 0.0,
+                            "log": str(log),
+                            "reason": reason,
+                            "result": str(result),
+                            "task": protocol.task,
+                            "seed": seed,
+                        }
                     )
                     continue
                 command = reforbert_job(protocol, args, result, tuning=False)
@@ -567,6 +611,56 @@ def finetune_jobs(args: argparse.Namespace, choice: dict[str, Any]) -> tuple[lis
                 command += ["--learning-rate", str(setting["learning_rate"]), "--epochs", str(epochs)]
                 jobs.append(Job(name, command, log, threads_per_job(args), result, protocol.task, seed))
     return jobs, skipped
+
+
+def record_skipped_runs(skipped: Sequence[dict[str, Any]]) -> None:
+    """A log line and a failure record for each run that could not start, where its result would be."""
+    for record in skipped:
+        log = Path(record["log"])
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(record["reason"] + "\n", encoding="utf-8")
+        write_failure(
+            Path(record["result"]),
+            record["task"],
+            record["seed"],
+            None,
+            log,
+            reason="not run: no learning rate chosen",
+        )
+
+
+def set_aside_results_of_other_settings(
+    args: argparse.Namespace, jobs: Sequence[Job], skipped: Sequence[dict[str, Any]] = ()
+) -> list[Path]:
+    """Before a finetune stage, move out of OUT/results every earlier result of the (row, task) cells it
+    runs that the report must not average with its own: the seeds it reruns, and other seeds trained
+    with another setting (or too old to record theirs). Seeds of the same setting stay, so seeds can be
+    added in later invocations. Nothing is deleted: set-aside files go to OUT/replaced/<time>/<row>/.
+    Returns where they went."""
+    # (row, task) -> the setting this stage trains it with (None: it cannot start), and its result files
+    cells: dict[tuple[str, str], tuple[dict[str, Any] | None, set[str]]] = {}
+    for job in jobs:
+        setting, rerun = cells.setdefault(
+            (job.result.parent.name, job.task), (run_setting(job_finetune_args(job)), set())
+        )
+        rerun.add(job.result.name)
+    for record in skipped:
+        result = Path(record["result"])
+        cells.setdefault((result.parent.name, record["task"]), (None, set()))[1].add(result.name)
+    destination = args.out / "replaced" / time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for (row, task), (setting, rerun) in cells.items():
+        for earlier in sorted((args.out / "results" / row).glob(f"{task}.seed*.json")):
+            recorded = json.loads(earlier.read_text(encoding="utf-8")).get("protocol", {}).get("setting")
+            if earlier.name not in rerun and setting is not None and recorded == setting:
+                continue
+            target = destination / row / earlier.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            earlier.replace(target)
+            moved.append(target)
+    if moved:
+        print(f"set {len(moved)} earlier results aside (rerun, or another setting) in {destination}")
+    return moved
 
 
 def report(args: argparse.Namespace) -> None:
@@ -798,11 +892,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif stage == "finetune":
             if not choice_path.is_file():
                 parser.error(f"no {choice_path}: run the sweep stage first")
-            for row in args.rows:  # a rerun replaces the task's seeds, never mixes with them
-                for protocol in selected(args):
-                    for stale in (args.out / "results" / row).glob(f"{protocol.task}.seed*.json"):
-                        stale.unlink()
             jobs, records = finetune_jobs(args, json.loads(choice_path.read_text(encoding="utf-8")))
+            set_aside_results_of_other_settings(args, jobs, records)
+            record_skipped_runs(records)
             records += run_jobs(jobs, args.parallel)
         else:
             report(args)
