@@ -266,3 +266,25 @@ def test_report_cli_prints_the_lift_table(seeded_rows, tmp_path, capsys):
     assert "## Lift over random init" in printed
     assert lift_rows(printed)["NSMC (acc)"][-1] == "yes"
     assert (tmp_path / "R.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_error_bar_panels_say_not_run_where_no_row_measured_the_benchmark(two_runs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from reforbert.report import _draw_error_bars, load_results_folder, measured_row
+
+    rows = [measured_row(folder.name, load_results_folder(folder)) for folder in two_runs]
+    figure = plt.figure()
+    _draw_error_bars(figure, figure.add_gridspec(1, len(COLUMNS)), rows)
+    measured = {"nsmc", "korquad", "naver-ner", "korsts"}
+    assert {column.task_name for column in COLUMNS} > measured
+    for column, axes in zip(COLUMNS, figure.axes, strict=True):
+        texts = [text.get_text() for text in axes.texts]
+        if column.task_name in measured:
+            assert axes.patches and "not run" not in texts
+        else:
+            assert texts == ["not run"] and not axes.patches and len(axes.get_yticks()) == 0
+    plt.close(figure)

@@ -370,6 +370,13 @@ def _draw_error_bars(figure: Any, grid: Any, rows: Sequence[Row]) -> None:
     for index, column in enumerate(COLUMNS):
         axes = figure.add_subplot(grid[index])
         metric = column.metrics[-1]  # KorQuAD: F1, the smoother of its two metrics
+        axes.set_title(metric_label(column, metric), fontsize=8)
+        if all(row.runs.get(column.task_name) is None for row in measured):
+            # A partial run: say so instead of drawing an empty scale around zero.
+            axes.text(0.5, 0.5, "not run", transform=axes.transAxes, ha="center", color="grey", fontsize=8)
+            axes.set_xticks([])
+            axes.set_yticks([])
+            continue
         for position, row in enumerate(measured):
             runs = row.runs.get(column.task_name)
             if runs is None:
@@ -383,7 +390,6 @@ def _draw_error_bars(figure: Any, grid: Any, rows: Sequence[Row]) -> None:
                 axes.errorbar(position, mean, yerr=std, color="black", capsize=3, linewidth=1)
             label = f"n={len(runs.results)}" + (f"\n{len(runs.failures)} failed" if runs.failures else "")
             axes.text(position, mean + (std or 0.0), label, ha="center", va="bottom", fontsize=6)
-        axes.set_title(metric_label(column, metric), fontsize=8)
         axes.set_xticks(range(len(measured)))
         axes.set_xticklabels([textwrap.fill(row.name, 14) for row in measured], fontsize=6, rotation=30)
         axes.tick_params(axis="y", labelsize=6)
