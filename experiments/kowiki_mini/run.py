@@ -34,7 +34,6 @@ GPU. Examples::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -49,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from reforbert.configuration_reforbert import LEGACY_SPECIAL_TOKEN_FIELDS
+from reforbert.fileio import sha256_of
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -289,19 +289,15 @@ def run_job(args: argparse.Namespace, finetune_args: list[str]) -> int:
 
 
 def weights_digest(model_dir: Path) -> str:
-    """SHA-256 of the weights a run fine-tunes: the same flags on other weights are another setting."""
-    digest = hashlib.sha256()
-    for path in sorted(model_dir.glob("*.safetensors")):
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    """SHA-256 of the weights a run fine-tunes (one per file, joined by "+", for sharded weights): the
+    same flags on other weights are another setting."""
+    return "+".join(sha256_of(path) for path in sorted(model_dir.glob("*.safetensors")))
 
 
 def run_setting(finetune_args: Sequence[str]) -> dict[str, Any]:
-    """What a finetune run's score depends on besides its seed: its flags (the model folder's path
-    replaced by its weights' digest, since work folders move) and the protocol's split. Seeds of a
-    task are averaged only where this agrees."""
+    """What a finetune run's score depends on besides its seed and the protocol's fixed splits: its
+    flags, with the model folder's path replaced by its weights' digest, since work folders move.
+    Seeds of a task are averaged only where this agrees."""
     flags, model_dir = [], None
     arguments = iter(finetune_args)
     for flag in arguments:
@@ -640,10 +636,10 @@ def set_aside_results_of_other_settings(
     # (row, task) -> the setting this stage trains it with (None: it cannot start), and its result files
     cells: dict[tuple[str, str], tuple[dict[str, Any] | None, set[str]]] = {}
     for job in jobs:
-        setting, rerun = cells.setdefault(
-            (job.result.parent.name, job.task), (run_setting(job_finetune_args(job)), set())
-        )
-        rerun.add(job.result.name)
+        cell = (job.result.parent.name, job.task)
+        if cell not in cells:  # the seeds of a cell share their setting: hash its weights once
+            cells[cell] = (run_setting(job_finetune_args(job)), set())
+        cells[cell][1].add(job.result.name)
     for record in skipped:
         result = Path(record["result"])
         cells.setdefault((result.parent.name, record["task"]), (None, set()))[1].add(result.name)
