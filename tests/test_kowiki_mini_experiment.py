@@ -267,23 +267,30 @@ def test_a_finetune_stage_adds_seeds_of_its_setting_and_sets_every_other_result_
     choice = {"rows": {"pretrained": {"nsmc": {"learning_rate": 1e-3, "epochs": 1.0}}}}
     jobs, skipped = experiment.finetune_jobs(args, choice)
     assert [job.seed for job in jobs] == [2] and skipped == []
-    setting = experiment.run_setting(experiment.job_finetune_args(jobs[0]))
+    protocol = experiment.job_protocol(jobs[0])
+    assert protocol["reported_fraction"] is not None and protocol["setting"]["weights_sha256"]
     results = out / "results" / "pretrained"
     results.mkdir(parents=True)
 
     def write(name: str, protocol: dict) -> None:
         (results / name).write_text(json.dumps({"metrics": {"accuracy": 80.0}, "protocol": protocol}))
 
-    write("nsmc.seed1.json", {"setting": setting})  # an earlier seed of this setting: kept
-    write("nsmc.seed2.json", {"setting": setting})  # the seed this stage reruns
-    write("nsmc.seed3.json", {"setting": {**setting, "weights_sha256": "other weights"}})
+    write("nsmc.seed1.json", protocol)  # an earlier seed of this setting and split: kept
+    write("nsmc.seed2.json", protocol)  # the seed this stage reruns
+    write("nsmc.seed3.json", {**protocol, "setting": {**protocol["setting"], "weights_sha256": "other"}})
     write("nsmc.seed4.json", {})  # older than recorded settings
+    write("nsmc.seed5.json", {**protocol, "max_eval_examples": 500})  # scored on another subset
     write("paws.seed1.json", {})  # a task this stage does not run
 
     moved = experiment.set_aside_results_of_other_settings(args, jobs)
 
     assert sorted(path.name for path in results.iterdir()) == ["nsmc.seed1.json", "paws.seed1.json"]
-    assert sorted(path.name for path in moved) == ["nsmc.seed2.json", "nsmc.seed3.json", "nsmc.seed4.json"]
+    assert sorted(path.name for path in moved) == [
+        "nsmc.seed2.json",
+        "nsmc.seed3.json",
+        "nsmc.seed4.json",
+        "nsmc.seed5.json",
+    ]
     for path in moved:  # set aside, never deleted
         assert path.parents[2] == out / "replaced" and path.parent.name == "pretrained"
         assert json.loads(path.read_text())["metrics"] == {"accuracy": 80.0}

@@ -274,18 +274,24 @@ def run_job(args: argparse.Namespace, finetune_args: list[str]) -> int:
             return 1
         train_file = Path(results["split"]["train_file"]).name
         results["split"].update(split_record(args, train_file, carves[0][1], carves[0][2]))
-    results["protocol"] = {
-        "split_seed": SPLIT_SEED,
-        "reported_fraction": args.reported_fraction,
-        "tuning_fraction": args.tuning_fraction,
-        "max_eval_examples": args.max_eval_examples,
-        "setting": run_setting(finetune_args),
-    }
+    results["protocol"] = protocol_record(args, finetune_args)
     args.result.parent.mkdir(parents=True, exist_ok=True)
     partial = args.result.with_name(args.result.name + ".partial")
     partial.write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     partial.replace(args.result)
     return 0
+
+
+def protocol_record(job_args: argparse.Namespace, finetune_args: Sequence[str]) -> dict[str, Any]:
+    """What a results file records of how it was produced: the protocol's split of the evaluation data
+    and the run's setting. Seeds of a task are averaged only where all of it agrees."""
+    return {
+        "split_seed": SPLIT_SEED,
+        "reported_fraction": job_args.reported_fraction,
+        "tuning_fraction": job_args.tuning_fraction,
+        "max_eval_examples": job_args.max_eval_examples,
+        "setting": run_setting(finetune_args),
+    }
 
 
 def weights_digest(model_dir: Path) -> str:
@@ -316,6 +322,12 @@ def run_setting(finetune_args: Sequence[str]) -> dict[str, Any]:
 def job_finetune_args(job: Job) -> list[str]:
     """The ``reforbert finetune`` flags of a ``run.py job`` command (everything after ``--``)."""
     return job.command[job.command.index("--") + 1 :]
+
+
+def job_protocol(job: Job) -> dict[str, Any]:
+    """The protocol record the run of ``job`` will write into its results file."""
+    own_flags = job.command[job.command.index("job") + 1 : job.command.index("--")]
+    return protocol_record(job_parser().parse_args(own_flags), job_finetune_args(job))
 
 
 def job_parser() -> argparse.ArgumentParser:
@@ -630,25 +642,26 @@ def set_aside_results_of_other_settings(
 ) -> list[Path]:
     """Before a finetune stage, move out of OUT/results every earlier result of the (row, task) cells it
     runs that the report must not average with its own: the seeds it reruns, and other seeds trained
-    with another setting (or too old to record theirs). Seeds of the same setting stay, so seeds can be
-    added in later invocations. Nothing is deleted: set-aside files go to OUT/replaced/<time>/<row>/.
-    Returns where they went."""
-    # (row, task) -> the setting this stage trains it with (None: it cannot start), and its result files
+    with another setting or evaluation split (or too old to record them). Seeds of the same protocol
+    record stay, so seeds can be added in later invocations. Nothing is deleted: set-aside files go to
+    OUT/replaced/<time>/<row>/. Returns where they went."""
+    # (row, task) -> the protocol record this stage trains it with (None: it cannot start), and its
+    # result files
     cells: dict[tuple[str, str], tuple[dict[str, Any] | None, set[str]]] = {}
     for job in jobs:
         cell = (job.result.parent.name, job.task)
         if cell not in cells:  # the seeds of a cell share their setting: hash its weights once
-            cells[cell] = (run_setting(job_finetune_args(job)), set())
+            cells[cell] = (job_protocol(job), set())
         cells[cell][1].add(job.result.name)
     for record in skipped:
         result = Path(record["result"])
         cells.setdefault((result.parent.name, record["task"]), (None, set()))[1].add(result.name)
     destination = args.out / "replaced" / time.strftime("%Y%m%d-%H%M%S")
     moved = []
-    for (row, task), (setting, rerun) in cells.items():
+    for (row, task), (protocol, rerun) in cells.items():
         for earlier in sorted((args.out / "results" / row).glob(f"{task}.seed*.json")):
-            recorded = json.loads(earlier.read_text(encoding="utf-8")).get("protocol", {}).get("setting")
-            if earlier.name not in rerun and setting is not None and recorded == setting:
+            recorded = json.loads(earlier.read_text(encoding="utf-8")).get("protocol")
+            if earlier.name not in rerun and protocol is not None and recorded == protocol:
                 continue
             target = destination / row / earlier.name
             target.parent.mkdir(parents=True, exist_ok=True)
