@@ -296,6 +296,25 @@ def test_a_finetune_stage_adds_seeds_of_its_setting_and_sets_every_other_result_
         assert json.loads(path.read_text())["metrics"] == {"accuracy": 80.0}
 
 
+def test_report_of_an_out_without_a_control_row_shows_the_pretrained_row_alone(experiment, tmp_path):
+    out = tmp_path / "out"
+    args = experiment.build_parser().parse_args(["--out", str(out), "--stages", "report"])
+    with pytest.raises(SystemExit, match="no results to report"):
+        experiment.report(args)
+
+    results = out / "results" / "pretrained"
+    results.mkdir(parents=True)
+    for seed, accuracy in ((1, 83.0), (2, 84.0)):
+        split = {"kind": "carved-dev", "description": "carved dev", "carved_dev_fraction": 0.1}
+        record = {"task": "nsmc", "metrics": {"accuracy": accuracy}, "split": split, "num_eval_examples": 20}
+        (results / f"nsmc.seed{seed}.json").write_text(json.dumps(record))
+    experiment.report(args)
+
+    table = (out / "RESULTS.md").read_text(encoding="utf-8")
+    assert "83.50 ± 0.71" in table and "control" not in table.lower()
+    assert (out / "RESULTS.png").is_file()
+
+
 def test_run_setting_ignores_the_seed_and_the_model_folder_but_not_its_weights(experiment, tmp_path):
     first, moved, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     for folder, weights in ((first, b"w1"), (moved, b"w1"), (other, b"w2")):

@@ -673,10 +673,19 @@ def set_aside_results_of_other_settings(
 
 
 def report(args: argparse.Namespace) -> None:
-    folders = [args.out / "results" / row for row in (PRETRAINED, CONTROL)]
-    names = ["--name", f"{args.model.resolve().name}, pretrained", "--name", CONTROL_LABEL]
-    command = [sys.executable, "-m", "reforbert.cli", "report", *map(str, folders), *names]
-    command += ["--control", CONTROL_LABEL, "--output", str(args.out / "RESULTS.md")]
+    """RESULTS.md and RESULTS.png from the rows that have results in OUT (an OUT that only ever ran
+    ``--rows pretrained`` has no control row, and then no lift column)."""
+    labels = {PRETRAINED: f"{args.model.resolve().name}, pretrained", CONTROL: CONTROL_LABEL}
+    rows = [row for row in (PRETRAINED, CONTROL) if (args.out / "results" / row).is_dir()]
+    if not rows:
+        raise SystemExit(f"error: {args.out / 'results'}: no results to report; run the finetune stage first")
+    command = [sys.executable, "-m", "reforbert.cli", "report"]
+    command += [str(args.out / "results" / row) for row in rows]
+    for row in rows:
+        command += ["--name", labels[row]]
+    if CONTROL in rows:
+        command += ["--control", CONTROL_LABEL]
+    command += ["--output", str(args.out / "RESULTS.md")]
     subprocess.run(command, check=True)
 
 
