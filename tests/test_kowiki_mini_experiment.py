@@ -272,8 +272,8 @@ def test_a_finetune_stage_adds_seeds_of_its_setting_and_sets_every_other_result_
     results = out / "results" / "pretrained"
     results.mkdir(parents=True)
 
-    def write(name: str, protocol: dict) -> None:
-        (results / name).write_text(json.dumps({"metrics": {"accuracy": 80.0}, "protocol": protocol}))
+    def write(name: str, record: dict) -> None:
+        (results / name).write_text(json.dumps({"metrics": {"accuracy": 80.0}, "protocol": record}))
 
     write("nsmc.seed1.json", protocol)  # an earlier seed of this setting and split: kept
     write("nsmc.seed2.json", protocol)  # the seed this stage reruns
