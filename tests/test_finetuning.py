@@ -172,12 +172,15 @@ def test_sequence_classification_learns_token_presence(model_dir, tmp_path):
             "--batch-size",
             "16",
             "--no-progress",
+            # Grouped training batches must leave the evaluation in example order.
+            "--group-by-length",
             "-o",
             str(tmp_path / "finetuned"),
         ]
     )
     assert code == 0
     results = load_results(results_dir, task)
+    assert results["hyperparameters"]["batch_order"] == "grouped by length"
     # Chance is 50%.
     assert results["metrics"]["accuracy"] >= 85.0
     assert results["main_metric"] == "accuracy"
@@ -405,6 +408,45 @@ def test_collator_pads_each_head_type():
     assert regression["labels"].dtype == torch.float32
     spans = collate([{"input_ids": [5], "start_positions": 0, "end_positions": 0}])
     assert spans["start_positions"].dtype == torch.long
+
+
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_grouped_batches_cut_padding_and_cover_every_example(model_dir, tmp_path, group_by_length):
+    from transformers import Trainer
+
+    from reforbert.finetuning import FeatureDataset, training_arguments
+
+    rng = random.Random(0)
+    # Lengths spread as review lengths are: most short, a few long.
+    features = [
+        {"input_ids": [5] * min(120, int(rng.expovariate(1 / 20)) + 2), "labels": index % 2}
+        for index in range(640)
+    ]
+    args = training_arguments(
+        str(tmp_path),
+        epochs=1,
+        max_steps=None,
+        learning_rate=1e-3,
+        per_device_batch=16,
+        use_cuda=False,
+        use_bf16=False,
+        seed=1,
+        logging_steps=None,
+        progress=False,
+        group_by_length=group_by_length,
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    trainer = Trainer(
+        model=model, args=args, data_collator=PaddingCollator(0), train_dataset=FeatureDataset(features)
+    )
+    batches = list(trainer.get_train_dataloader())
+    real = sum(int(batch["attention_mask"].sum()) for batch in batches)
+    computed = sum(batch["input_ids"].numel() for batch in batches)
+    assert real == sum(len(feature["input_ids"]) for feature in features)  # every example once
+    if group_by_length:
+        assert computed < 1.3 * real
+    else:
+        assert computed > 2 * real  # what random batches of these lengths cost
 
 
 def test_subsample_is_seeded_and_keeps_file_order():

@@ -670,3 +670,19 @@ def process_alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def test_unknown_characters_names_what_the_vocabulary_cannot_read(tiny_tokenizer, tmp_path, capsys):
+    gen = load_script("kowiki_mini_unknown_characters", RUN_PY.with_name("unknown_characters.py"))
+    script = next(gen)
+    stats = script.unknown_statistics(tiny_tokenizer, ["좋다 ♥", "ㅜㅜ 슬프다", "좋다 영화"], top=5)
+    assert stats["texts"] == 3 and stats["texts_with_unknown"] == 2
+    # The tiny vocabulary reads a word that holds an unknown character as one [UNK].
+    assert stats["unknown_tokens"] == 2
+    assert dict(stats["top_unknown_characters"]) == {"ㅜ": 2, "♥": 1}
+    # Bad input: the file and line named, a non-zero exit.
+    (tmp_path / "short.tsv").write_text("id\tdocument\n1\n", encoding="utf-8")
+    tiny_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    assert script.main([str(tmp_path / "tokenizer"), str(tmp_path / "short.tsv"), "--column", "1"]) == 1
+    assert f"{tmp_path / 'short.tsv'}:2:" in capsys.readouterr().err
+    next(gen, None)
