@@ -284,3 +284,38 @@ def test_real_kowiki_vocab_matches_between_tokenizers(tmp_path: Path) -> None:
     actual = tokenizer(check, add_special_tokens=False)["input_ids"]
     mismatches = [line for line, a, b in zip(check, actual, expected, strict=True) if a != b]
     assert mismatches == []
+
+
+def test_byte_fallback_spells_unseen_characters_in_bytes(tmp_path: Path) -> None:
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    corpus = write_synthetic_corpus(tmp_path / "corpus.txt", documents=400)
+    folder = train_vocab(
+        [corpus], tmp_path / "vocab", vocab_size=SMALL_VOCAB + 256, byte_fallback=True, progress=False
+    )
+    processor = spm.SentencePieceProcessor(model_file=str(folder / "sentencepiece.model"))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert len(tokenizer) == SMALL_VOCAB + 256 + len(SPECIAL_TOKENS)
+    assert processor.id_to_piece(6) == "[MASK]"  # the specials keep their ids
+    lines = sample_lines() + ["영화 재밌다 ㅋㅋ ♥"]  # characters the synthetic corpus never has
+    expected = processor.encode(lines)
+    assert tokenizer(lines, add_special_tokens=False)["input_ids"] == expected
+    assert not any(SPECIAL_TOKENS["[UNK]"] in ids for ids in expected)
+    assert tokenizer.decode(
+        tokenizer("처음 보는 글자 鬱 과 이모지 🙂")["input_ids"], skip_special_tokens=True
+    ) == ("처음 보는 글자 鬱 과 이모지 🙂")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"byte_fallback": True, "vocab_size": 256}, "byte fallback takes 256"),
+        ({"character_coverage": 0.5}, "character coverage must be in"),
+    ],
+)
+def test_vocabulary_options_out_of_range_are_refused(tmp_path: Path, options: dict, message: str) -> None:
+    corpus = write_synthetic_corpus(tmp_path / "corpus.txt", documents=20)
+    with pytest.raises(ReforBertInputError, match=message):
+        train_vocab([corpus], tmp_path / "vocab", progress=False, **options)
+    assert not (tmp_path / "vocab").exists()

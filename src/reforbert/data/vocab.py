@@ -31,6 +31,11 @@ DEFAULT_PIECES = 8000
 # A uniform sample of 100K sentences (about 15 MB of Korean text) is plenty for 8000 pieces; a
 # larger one mostly costs SentencePiece memory and time, which would then grow with the corpus.
 DEFAULT_SAMPLE_SENTENCES = 100_000
+# Korean has thousands of syllables; covering 99.95% of the sample's characters keeps the rarest out
+# of the vocabulary (the released one reads 0.64% of NSMC review tokens as [UNK] because of it).
+DEFAULT_CHARACTER_COVERAGE = 0.9995
+# With byte fallback SentencePiece reserves one piece per byte value.
+BYTE_PIECES = 256
 # The two files SentencePiece trains, under the names every ReforBERT folder gives them.
 SENTENCEPIECE_MODEL_FILE = "sentencepiece.model"
 SENTENCEPIECE_VOCAB_FILE = "sentencepiece.vocab"  # piece TAB score, one line per id
@@ -98,7 +103,14 @@ def _too_small_message(error: RuntimeError, pieces: int) -> str | None:
     )
 
 
-def _train_sentencepiece(sentence_file: Path, prefix: Path, pieces: int, model_type: str) -> None:
+def _train_sentencepiece(
+    sentence_file: Path,
+    prefix: Path,
+    pieces: int,
+    model_type: str,
+    character_coverage: float,
+    byte_fallback: bool,
+) -> None:
     import sentencepiece as spm
 
     specials = list(SPECIAL_TOKENS)
@@ -107,8 +119,10 @@ def _train_sentencepiece(sentence_file: Path, prefix: Path, pieces: int, model_t
         model_prefix=str(prefix),
         vocab_size=pieces + NUM_SPECIAL_TOKENS,
         model_type=model_type,
-        # Korean has thousands of syllables; 0.9995 keeps rare ones out of the vocabulary.
-        character_coverage=0.9995,
+        character_coverage=character_coverage,
+        # With byte fallback, 256 of the pieces are the UTF-8 bytes: a character outside the
+        # vocabulary is spelled in bytes instead of becoming [UNK].
+        byte_fallback=byte_fallback,
         pad_id=SPECIAL_TOKENS["[PAD]"],
         pad_piece="[PAD]",
         unk_id=SPECIAL_TOKENS["[UNK]"],
@@ -240,6 +254,8 @@ def train_vocab(
     model_type: str = "bpe",
     sample_sentences: int = DEFAULT_SAMPLE_SENTENCES,
     seed: int = 0,
+    character_coverage: float = DEFAULT_CHARACTER_COVERAGE,
+    byte_fallback: bool = False,
     model_max_length: int | None = None,
     progress: bool = True,
     overwrite: bool = False,
@@ -254,6 +270,13 @@ def train_vocab(
         raise ReforBertInputError(f"model type must be bpe or unigram, not {model_type!r}")
     if vocab_size < 1:
         raise ReforBertInputError(f"vocab size must be positive, got {vocab_size}")
+    if not 0.98 <= character_coverage <= 1.0:
+        # SentencePiece's own range; outside it the trainer fails with an internal message.
+        raise ReforBertInputError(f"character coverage must be in [0.98, 1], got {character_coverage}")
+    if byte_fallback and vocab_size <= BYTE_PIECES:
+        raise ReforBertInputError(
+            f"byte fallback takes {BYTE_PIECES} of the pieces; use --vocab-size above {BYTE_PIECES}"
+        )
     output_dir = Path(output_dir)
     files = check_corpus_files(corpus_files)
     refuse_to_overwrite(output_dir, overwrite)
@@ -273,7 +296,9 @@ def train_vocab(
         del sample
         prefix = Path(scratch) / "sentencepiece"
         try:
-            _train_sentencepiece(sentence_file, prefix, vocab_size, model_type)
+            _train_sentencepiece(
+                sentence_file, prefix, vocab_size, model_type, character_coverage, byte_fallback
+            )
         except RuntimeError as error:
             message = _too_small_message(error, vocab_size)
             if message is None:
@@ -286,7 +311,8 @@ def train_vocab(
             raise RuntimeError(f"trained {total} pieces, expected {vocab_size + NUM_SPECIAL_TOKENS}")
         build_fast_tokenizer(folder / SENTENCEPIECE_MODEL_FILE, model_max_length).save_pretrained(folder)
     print(
-        f"vocabulary of {total} pieces ({model_type}) from {len(files)} file(s), "
+        f"vocabulary of {total} pieces ({model_type}{', byte fallback' if byte_fallback else ''}) "
+        f"from {len(files)} file(s), "
         f"{min(seen, sample_sentences)} of {seen} sentences sampled -> {output_dir}"
     )
     return output_dir
@@ -325,6 +351,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, help="The seed of the sentence sample (default %(default)s)."
     )
     parser.add_argument(
+        "--character-coverage",
+        type=float,
+        default=DEFAULT_CHARACTER_COVERAGE,
+        help="The share of the sample's characters the vocabulary must cover; the rarest rest become "
+        "[UNK] (or bytes, with --byte-fallback). Default %(default)s.",
+    )
+    parser.add_argument(
+        "--byte-fallback",
+        action="store_true",
+        help=f"Spell characters outside the vocabulary as UTF-8 bytes instead of [UNK] ({BYTE_PIECES} of "
+        "the pieces become the bytes). For text less formal than the corpus, such as reviews or chat.",
+    )
+    parser.add_argument(
         "--model-max-length",
         type=int,
         default=None,
@@ -343,6 +382,8 @@ def run(args: argparse.Namespace) -> int:
         model_type=args.model_type,
         sample_sentences=args.sample_sentences,
         seed=args.seed,
+        character_coverage=args.character_coverage,
+        byte_fallback=args.byte_fallback,
         model_max_length=args.model_max_length,
         overwrite=args.overwrite,
     )
