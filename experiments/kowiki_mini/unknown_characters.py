@@ -44,11 +44,12 @@ def unknown_statistics(tokenizer, texts: list[str], top: int) -> dict:
     unknown = sum(ids.count(unk) for ids in encoded)
     # A character is unknown when, alone, it tokenizes to [UNK]; counted by occurrences in the texts.
     characters = Counter(character for text in texts for character in text if not character.isspace())
+    alone = tokenizer(list(characters), add_special_tokens=False)["input_ids"]
     unknown_characters = Counter(
         {
-            character: count
-            for character, count in characters.items()
-            if unk in tokenizer(character, add_special_tokens=False)["input_ids"]
+            character: characters[character]
+            for character, ids in zip(characters, alone, strict=True)
+            if unk in ids
         }
     )
     return {
