@@ -42,6 +42,7 @@ import reforbert  # registers the ReforBERT classes with the Auto* factories
 from reforbert.configuration_reforbert import ATTENTION_BACKENDS, IGNORE_INDEX
 from reforbert.errors import ReforBertInputError, check_positive
 from reforbert.fileio import atomic_directory, atomic_file, refuse_to_overwrite, sha256_of
+from reforbert.hardware import cpu_has_native_bf16
 from reforbert.tasks import TASKS, get_task
 
 BF16_CHOICES = ("auto", "on", "off")
@@ -309,15 +310,6 @@ def load_tokenizer(tokenizer_dir: Path) -> Any:
     return tokenizer
 
 
-def cpu_supports_bf16() -> bool:
-    """True where the CPU has native bf16 arithmetic (AMX or AVX512-BF16); emulated bf16 is slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def resolve_bf16(choice: str | bool, use_cuda: bool) -> bool:
     if isinstance(choice, bool):
         return choice
@@ -327,7 +319,7 @@ def resolve_bf16(choice: str | bool, use_cuda: bool) -> bool:
         return choice == "on"
     if use_cuda:
         return torch.cuda.is_bf16_supported()
-    return cpu_supports_bf16()
+    return cpu_has_native_bf16()
 
 
 class TimeBudgetCallback(TrainerCallback):
@@ -868,7 +860,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--bf16",
         choices=BF16_CHOICES,
         default="auto",
-        help="Use bf16 autocast (default: auto, where supported).",
+        help="Use bf16 autocast (default auto: on GPUs that support it and on CPUs with bf16 units, AMX or "
+        "AVX512-BF16; other CPUs only emulate bf16, far slower than fp32).",
     )
     add(
         "--attention",

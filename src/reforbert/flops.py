@@ -8,14 +8,13 @@ on the work they get done.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from pathlib import Path
 
 import torch
 
 from reforbert.configuration_reforbert import ReforBertConfig
+from reforbert.hardware import cpu_flags_and_mhz
 from reforbert.modeling_reforbert import resolve_backend
 
 
@@ -106,19 +105,3 @@ def _cpu_flops_per_cycle(flags: set[str], precision: str) -> tuple[int, str]:
     if "avx2" in flags and "fma" in flags:
         return 32, "AVX2 fp32 FMA"
     return 8, "SSE fp32"
-
-
-def cpu_flags_and_mhz() -> tuple[set[str], float | None]:
-    """The CPU's feature flags and its maximum clock in MHz (the current clock when no maximum is known)."""
-    flags: set[str] = set()
-    mhz: float | None = None
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "flags" and not flags:
-                flags = set(value.split())
-            elif key.strip() == "cpu MHz" and mhz is None:
-                mhz = float(value)
-    with contextlib.suppress(OSError, ValueError):
-        mhz = float(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1000
-    return flags, mhz

@@ -67,6 +67,7 @@ from reforbert.data.vocab import SENTENCEPIECE_MODEL_FILE, tokenizer_files
 from reforbert.errors import ReforBertInputError
 from reforbert.fileio import atomic_directory, atomic_file, sha256_of
 from reforbert.flops import count_model_flops_per_token, default_peak_tflops, model_flops_utilization
+from reforbert.hardware import cpu_has_native_bf16
 from reforbert.pretraining_arguments import PretrainingArguments, arguments_from_namespace, changed_invariants
 from reforbert.schedule import (
     EVAL_COST_PER_TRAINING_EXAMPLE,
@@ -89,7 +90,7 @@ Ways to reduce memory, roughly from most to least effective:
   --micro-batch-size N     a smaller micro-batch; --global-batch-size stays the same through accumulation;
   --attention lsh          LSH attention instead of full attention for long sequences
                            (with a smaller --bucket-size or fewer --num-hashes);
-  --precision bf16         half-precision activations on hardware that supports them."""
+  --precision bf16         half-precision activations (on the CPU only where it has bf16 units)."""
 
 # Builds the model to train from its config. The default is ReforBertForPreTraining; another factory
 # must return a module that takes the same inputs and returns ``mlm_loss``, ``nsp_loss`` (None without
@@ -575,11 +576,18 @@ def _resolve_precision(precision: str, device_is_cuda: bool) -> str:
     if precision == "auto":
         if device_is_cuda:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
+        # On a CPU without bf16 units PyTorch emulates bf16, which is far slower than fp32.
+        return "bf16" if cpu_has_native_bf16() else "fp32"
     if precision == "fp16" and not device_is_cuda:
         raise ReforBertInputError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     if precision not in ("fp32", "bf16", "fp16"):
         raise ReforBertInputError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
+    if precision == "bf16" and not device_is_cuda and not cpu_has_native_bf16():
+        print(
+            "reforbert pretrain: warning: this CPU has no bf16 units (AMX or AVX512-BF16), so bf16 is "
+            "emulated and trains many times slower than --precision fp32 or auto",
+            file=sys.stderr,
+        )
     return precision
 
 

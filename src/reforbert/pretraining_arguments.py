@@ -28,7 +28,8 @@ _BUDGET_COMMON: dict[str, Any] = {
     "attention": "full",
     "reversible": False,
     "config_overrides": {"hidden_dropout_prob": 0.0},
-    "precision": "bf16",
+    # bf16 where the CPU or GPU computes it natively (every budget stage so far ran in bf16), else fp32.
+    "precision": "auto",
     "schedule": "linear",
 }
 RECIPES: dict[str, dict[str, Any]] = {
@@ -223,7 +224,8 @@ class PretrainingArguments:
     precision: str = _field(
         "auto",
         "Numeric precision: bf16 or fp16 autocast (fp16 with loss scaling, CUDA only) or fp32; auto picks "
-        "bf16/fp16 on GPUs and fp32 on CPUs.",
+        "bf16 (fp16 where a GPU lacks it) on GPUs and on CPUs with bf16 units (AMX or AVX512-BF16), fp32 "
+        "on other CPUs.",
         choices=["auto", "fp32", "bf16", "fp16"],
     )
     compile: bool = _field(
