@@ -319,3 +319,56 @@ def test_vocabulary_options_out_of_range_are_refused(tmp_path: Path, options: di
     with pytest.raises(ReforBertInputError, match=message):
         train_vocab([corpus], tmp_path / "vocab", progress=False, **options)
     assert not (tmp_path / "vocab").exists()
+
+
+def rewritten_model(source: Path, target: Path, edit) -> Path:
+    """A copy of a vocabulary folder whose SentencePiece model ``edit(proto)`` changed."""
+    import shutil
+
+    from sentencepiece import sentencepiece_model_pb2
+
+    shutil.copytree(source, target)
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((target / "sentencepiece.model").read_bytes())
+    edit(proto)
+    (target / "sentencepiece.model").write_bytes(proto.SerializeToString())
+    return target
+
+
+def test_two_trainings_of_one_vocabulary_share_a_fingerprint(small_vocab: Path, tmp_path: Path) -> None:
+    from reforbert.data.vocab import vocabulary_fingerprint
+
+    # The same corpus and settings again: the model file records another scratch path, nothing else.
+    again = train_vocab([small_vocab.parent / "corpus.txt"], tmp_path / "again", vocab_size=SMALL_VOCAB)
+    first, second = small_vocab / "sentencepiece.model", again / "sentencepiece.model"
+    assert first.read_bytes() != second.read_bytes()
+    assert vocabulary_fingerprint(first) == vocabulary_fingerprint(second)
+
+    def rescore(proto) -> None:
+        proto.pieces[20].score += 1.0
+
+    rescored = rewritten_model(small_vocab, tmp_path / "rescored", rescore)
+    assert vocabulary_fingerprint(rescored / "sentencepiece.model") != vocabulary_fingerprint(first)
+    (tmp_path / "broken.model").write_bytes(b"\xff\xff\xff")
+    with pytest.raises(ReforBertInputError, match="not a SentencePiece model"):
+        vocabulary_fingerprint(tmp_path / "broken.model")
+
+
+def test_data_is_checked_against_the_fingerprint_and_older_data_against_the_file_digest(
+    small_vocab: Path, tmp_path: Path
+) -> None:
+    from reforbert.data.shards import check_vocab
+    from reforbert.data.vocab import vocabulary_fingerprint
+    from reforbert.fileio import sha256_of
+
+    def move_scratch(proto) -> None:
+        proto.trainer_spec.input[:] = ["/elsewhere/sentences.txt"]
+
+    retrained = rewritten_model(small_vocab, tmp_path / "retrained", move_scratch)
+    model_file = small_vocab / "sentencepiece.model"
+    check_vocab({"vocab_fingerprint": vocabulary_fingerprint(model_file)}, retrained)
+    with pytest.raises(ReforBertInputError, match="made with another vocabulary"):
+        check_vocab({"vocab_fingerprint": "0" * 64}, retrained)
+    check_vocab({"vocab_sha256": sha256_of(model_file)}, small_vocab)
+    with pytest.raises(ReforBertInputError, match="made with another vocabulary"):
+        check_vocab({"vocab_sha256": sha256_of(model_file)}, retrained)

@@ -63,9 +63,9 @@ from reforbert.checkpointing import (
 )
 from reforbert.configuration_reforbert import IGNORE_INDEX, MASK_ID, PRESETS, ReforBertConfig
 from reforbert.data.prefetch import Prefetcher
-from reforbert.data.vocab import SENTENCEPIECE_MODEL_FILE, tokenizer_files
+from reforbert.data.vocab import SENTENCEPIECE_MODEL_FILE, tokenizer_files, vocabulary_fingerprint
 from reforbert.errors import ReforBertInputError
-from reforbert.fileio import atomic_directory, atomic_file, sha256_of
+from reforbert.fileio import atomic_directory, atomic_file
 from reforbert.flops import count_model_flops_per_token, default_peak_tflops, model_flops_utilization
 from reforbert.hardware import cpu_has_native_bf16
 from reforbert.pretraining_arguments import PretrainingArguments, arguments_from_namespace, changed_invariants
@@ -503,7 +503,9 @@ def saved_model_config(model_dir: Path, vocab_dir: Path, overrides: dict[str, An
             model_dir,
         )
     saved_vocab = model_dir / SENTENCEPIECE_MODEL_FILE
-    if saved_vocab.is_file() and sha256_of(saved_vocab) != sha256_of(vocab_dir / SENTENCEPIECE_MODEL_FILE):
+    if saved_vocab.is_file() and vocabulary_fingerprint(saved_vocab) != vocabulary_fingerprint(
+        vocab_dir / SENTENCEPIECE_MODEL_FILE
+    ):
         raise ReforBertInputError(
             f"the model was trained with another vocabulary than --vocab {vocab_dir}; "
             "pass the vocabulary the model was trained with",

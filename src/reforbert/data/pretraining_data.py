@@ -36,7 +36,12 @@ from tqdm import tqdm
 from reforbert.configuration_reforbert import CLS_ID, IGNORE_INDEX, NUM_SPECIAL_TOKENS, SEP_ID
 from reforbert.data import shards
 from reforbert.data.corpus import check_corpus_files, iter_documents, split_sentences
-from reforbert.data.vocab import SENTENCEPIECE_MODEL_FILE, SENTENCEPIECE_VOCAB_FILE, load_sentencepiece
+from reforbert.data.vocab import (
+    SENTENCEPIECE_MODEL_FILE,
+    SENTENCEPIECE_VOCAB_FILE,
+    load_sentencepiece,
+    vocabulary_fingerprint,
+)
 from reforbert.errors import ReforBertInputError
 from reforbert.fileio import atomic_directory, refuse_to_overwrite, sha256_of
 
@@ -413,6 +418,7 @@ def make_pretraining_data(
         statistics = _checked_statistics(totals, files)
         metadata = {
             "vocab_sha256": sha256_of(model_file),
+            "vocab_fingerprint": vocabulary_fingerprint(model_file),
             "vocab_size": vocab_size,
             "seed": seed,
             **{k: v for k, v in asdict(settings).items() if k != "seed"},

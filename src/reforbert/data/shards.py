@@ -2,7 +2,8 @@
 
 Binary shard folder (what ``reforbert pretraining-data`` writes by default)::
 
-    metadata.json                 format, vocab sha256 + size, max_seq_len, seed, instances, shards
+    metadata.json                 format, vocab digest, fingerprint and size, max_seq_len, seed, instances,
+                                  shards
     shard-00000.tokens.npy        uint16, the token ids of all instances, concatenated
                                   ([CLS] A [SEP] B [SEP], exactly the model input)
     shard-00000.offsets.npy       int64, n + 1 entries: instance i is tokens[offsets[i]:offsets[i+1]]
@@ -31,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from reforbert.configuration_reforbert import IGNORE_INDEX
-from reforbert.data.vocab import SENTENCEPIECE_MODEL_FILE, SENTENCEPIECE_VOCAB_FILE
+from reforbert.data.vocab import SENTENCEPIECE_MODEL_FILE, SENTENCEPIECE_VOCAB_FILE, vocabulary_fingerprint
 from reforbert.errors import ReforBertInputError
 from reforbert.fileio import sha256_of
 
@@ -410,10 +411,14 @@ def check_vocab(dataset_metadata: dict[str, Any] | Dataset, vocab_dir: str | Pat
     model_file = Path(vocab_dir) / SENTENCEPIECE_MODEL_FILE
     if not model_file.is_file():
         raise ReforBertInputError("vocabulary model is missing", model_file)
-    expected = metadata.get("vocab_sha256")
-    if expected is None:
+    # Data made since the fingerprint existed carries it; older data only the model file's digest, which
+    # differs between two trainings of the same vocabulary (see vocabulary_fingerprint).
+    if "vocab_fingerprint" in metadata:
+        expected, actual = metadata["vocab_fingerprint"], vocabulary_fingerprint(model_file)
+    elif "vocab_sha256" in metadata:
+        expected, actual = metadata["vocab_sha256"], sha256_of(model_file)
+    else:
         return  # seed-made JSON lines carry no fingerprint; nothing to compare
-    actual = sha256_of(model_file)
     if actual != expected:
         data_path = getattr(dataset_metadata, "path", None)
         where = f" (data: {data_path})" if data_path is not None else ""

@@ -11,6 +11,7 @@ requested number of pieces comes on top of them (8000 + 7 = 8007 by default).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -226,6 +227,30 @@ def load_sentencepiece(model_file: Path):
         if index >= processor.get_piece_size() or processor.id_to_piece(index) != piece:
             raise ReforBertInputError(f"not a ReforBERT vocabulary: id {index} is not {piece}", model_file)
     return processor
+
+
+def vocabulary_fingerprint(model_file: Path) -> str:
+    """A sha256 of what fixes a SentencePiece model's ids: its pieces, scores, types and normalizer, and
+    the trainer settings, but not the scratch paths of the sentence file it was trained from.
+
+    Those paths are written into the model and differ on every ``reforbert vocab`` run, so the file's
+    own digest tells two trainings of the same vocabulary apart although they encode alike.
+    """
+    from google.protobuf.message import DecodeError
+    from sentencepiece import sentencepiece_model_pb2
+
+    if not model_file.is_file():
+        raise ReforBertInputError("vocabulary model is missing (run `reforbert vocab`)", model_file)
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(model_file.read_bytes())
+    except DecodeError as error:
+        raise ReforBertInputError(f"not a SentencePiece model ({error})", model_file) from None
+    if not proto.pieces:
+        raise ReforBertInputError("not a SentencePiece model (no pieces)", model_file)
+    del proto.trainer_spec.input[:]
+    proto.trainer_spec.ClearField("model_prefix")
+    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
 
 
 def tokenizer_files(folder: str | Path) -> list[Path]:
