@@ -362,7 +362,10 @@ def test_data_is_checked_against_the_fingerprint_and_older_data_against_the_file
     from reforbert.fileio import sha256_of
 
     def move_scratch(proto) -> None:
+        # Another run on another machine: another scratch path and thread count, a default written out.
         proto.trainer_spec.input[:] = ["/elsewhere/sentences.txt"]
+        proto.trainer_spec.num_threads = 16
+        proto.trainer_spec.byte_fallback = False
 
     retrained = rewritten_model(small_vocab, tmp_path / "retrained", move_scratch)
     model_file = small_vocab / "sentencepiece.model"

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -229,12 +230,48 @@ def load_sentencepiece(model_file: Path):
     return processor
 
 
-def vocabulary_fingerprint(model_file: Path) -> str:
-    """A sha256 of what fixes a SentencePiece model's ids: its pieces, scores, types and normalizer, and
-    the trainer settings, but not the scratch paths of the sentence file it was trained from.
+# The trainer settings that still change how a trained model encodes text; the others (input files, threads,
+# sampling) only shaped the training run and differ between machines and runs.
+ENCODING_TRAINER_FIELDS = (
+    "model_type",
+    "byte_fallback",
+    "treat_whitespace_as_suffix",
+    "allow_whitespace_only_pieces",
+    "split_digits",
+    "unk_surface",
+    "unk_id",
+    "bos_id",
+    "eos_id",
+    "pad_id",
+    "unk_piece",
+    "bos_piece",
+    "eos_piece",
+    "pad_piece",
+    "user_defined_symbols",
+    "control_symbols",
+)
 
-    Those paths are written into the model and differ on every ``reforbert vocab`` run, so the file's
-    own digest tells two trainings of the same vocabulary apart although they encode alike.
+
+def _field_values(message: Any, names: Iterable[str] | None = None) -> dict[str, Any]:
+    """The fields' values, a field left unset read as its default (SentencePiece writes some explicitly)."""
+    known = message.DESCRIPTOR.fields_by_name
+    values: dict[str, Any] = {}
+    for name in known if names is None else (name for name in names if name in known):
+        value = getattr(message, name)
+        if isinstance(value, bytes):
+            value = hashlib.sha256(value).hexdigest()
+        elif not isinstance(value, (str, int, float, bool)):
+            value = list(value)
+        values[name] = value
+    return values
+
+
+def vocabulary_fingerprint(model_file: Path) -> str:
+    """A sha256 of what fixes a SentencePiece model's ids: its pieces with scores and types, its normalizer,
+    and the trainer settings that affect encoding (:data:`ENCODING_TRAINER_FIELDS`).
+
+    The file's own digest tells two trainings of the same vocabulary apart: SentencePiece writes the
+    scratch path of its sentence file, the thread count and every setting passed into the model.
     """
     from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2
@@ -248,9 +285,13 @@ def vocabulary_fingerprint(model_file: Path) -> str:
         raise ReforBertInputError(f"not a SentencePiece model ({error})", model_file) from None
     if not proto.pieces:
         raise ReforBertInputError("not a SentencePiece model (no pieces)", model_file)
-    del proto.trainer_spec.input[:]
-    proto.trainer_spec.ClearField("model_prefix")
-    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+    content = {
+        "pieces": [[piece.piece, piece.score, piece.type] for piece in proto.pieces],
+        "normalizer": _field_values(proto.normalizer_spec),
+        "denormalizer": _field_values(proto.denormalizer_spec),
+        "trainer": _field_values(proto.trainer_spec, ENCODING_TRAINER_FIELDS),
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def tokenizer_files(folder: str | Path) -> list[Path]:
