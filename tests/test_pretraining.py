@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from vocabulary_editing import edited_vocabulary
 
 from reforbert.configuration_reforbert import CLS_ID, NUM_SPECIAL_TOKENS, SEP_ID
 from reforbert.errors import ReforBertInputError
@@ -716,18 +717,16 @@ def test_init_from_refuses_another_vocabulary_in_one_line(
 ) -> None:
     import shutil
 
-    from sentencepiece import sentencepiece_model_pb2
-
     from reforbert import cli
 
     resized = shutil.copytree(reference_run / "model", tmp_path / "resized")
     config = json.loads((resized / "config.json").read_text())
     (resized / "config.json").write_text(json.dumps({**config, "vocab_size": 99}))
-    retrained = shutil.copytree(reference_run / "model", tmp_path / "retrained")
-    proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString((retrained / "sentencepiece.model").read_bytes())
-    proto.pieces[10].piece += "x"
-    (retrained / "sentencepiece.model").write_bytes(proto.SerializeToString())
+
+    def rename_a_piece(proto) -> None:
+        proto.pieces[10].piece += "x"
+
+    retrained = edited_vocabulary(reference_run / "model", tmp_path / "retrained", rename_a_piece)
     weights_only_as_pickle = tmp_path / "pickled"
     weights_only_as_pickle.mkdir()
     shutil.copy(reference_run / "model" / "config.json", weights_only_as_pickle)
@@ -747,20 +746,15 @@ def test_init_from_refuses_another_vocabulary_in_one_line(
 def test_init_from_accepts_the_same_vocabulary_trained_again_elsewhere(
     tmp_path: Path, data_dir: Path, vocab_dir: Path, reference_run: Path
 ) -> None:
-    import shutil
-
-    from sentencepiece import sentencepiece_model_pb2
-
     from reforbert.pretraining import pretrain
 
     # `reforbert vocab` writes its scratch folder's path into the model: a rebuilt vocabulary differs
     # from the released model's copy in those bytes only, and must still be accepted.
-    moved = shutil.copytree(reference_run / "model", tmp_path / "moved")
-    proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString((moved / "sentencepiece.model").read_bytes())
-    proto.trainer_spec.input[:] = ["/another/scratch/sentences.txt"]
-    proto.trainer_spec.model_prefix = "/another/scratch/sentencepiece"
-    (moved / "sentencepiece.model").write_bytes(proto.SerializeToString())
+    def move_scratch(proto) -> None:
+        proto.trainer_spec.input[:] = ["/another/scratch/sentences.txt"]
+        proto.trainer_spec.model_prefix = "/another/scratch/sentencepiece"
+
+    moved = edited_vocabulary(reference_run / "model", tmp_path / "moved", move_scratch)
     assert (moved / "sentencepiece.model").read_bytes() != (vocab_dir / "sentencepiece.model").read_bytes()
     run_dir = tmp_path / "run"
     pretrain(data_dir, vocab_dir, run_dir, max_steps=1, save_steps=1, init_from=moved, **COMMON)

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+from vocabulary_editing import edited_vocabulary
 
 from reforbert.cli import main as cli_main
 from reforbert.configuration_reforbert import SPECIAL_TOKENS
@@ -321,20 +322,6 @@ def test_vocabulary_options_out_of_range_are_refused(tmp_path: Path, options: di
     assert not (tmp_path / "vocab").exists()
 
 
-def rewritten_model(source: Path, target: Path, edit) -> Path:
-    """A copy of a vocabulary folder whose SentencePiece model ``edit(proto)`` changed."""
-    import shutil
-
-    from sentencepiece import sentencepiece_model_pb2
-
-    shutil.copytree(source, target)
-    proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString((target / "sentencepiece.model").read_bytes())
-    edit(proto)
-    (target / "sentencepiece.model").write_bytes(proto.SerializeToString())
-    return target
-
-
 def test_two_trainings_of_one_vocabulary_share_a_fingerprint(small_vocab: Path, tmp_path: Path) -> None:
     from reforbert.data.vocab import vocabulary_fingerprint
 
@@ -347,7 +334,7 @@ def test_two_trainings_of_one_vocabulary_share_a_fingerprint(small_vocab: Path, 
     def rescore(proto) -> None:
         proto.pieces[20].score += 1.0
 
-    rescored = rewritten_model(small_vocab, tmp_path / "rescored", rescore)
+    rescored = edited_vocabulary(small_vocab, tmp_path / "rescored", rescore)
     assert vocabulary_fingerprint(rescored / "sentencepiece.model") != vocabulary_fingerprint(first)
     (tmp_path / "broken.model").write_bytes(b"\xff\xff\xff")
     with pytest.raises(ReforBertInputError, match="not a SentencePiece model"):
@@ -367,7 +354,7 @@ def test_data_is_checked_against_the_fingerprint_and_older_data_against_the_file
         proto.trainer_spec.num_threads = 16
         proto.trainer_spec.byte_fallback = False
 
-    retrained = rewritten_model(small_vocab, tmp_path / "retrained", move_scratch)
+    retrained = edited_vocabulary(small_vocab, tmp_path / "retrained", move_scratch)
     model_file = small_vocab / "sentencepiece.model"
     check_vocab({"vocab_fingerprint": vocabulary_fingerprint(model_file)}, retrained)
     with pytest.raises(ReforBertInputError, match="made with another vocabulary"):
