@@ -443,6 +443,7 @@ def write_stage_run(
     data: Path | None = None,
     seed: int = 0,
     fitted_to_budget: bool = False,
+    precision: str = "bf16",
 ) -> None:
     """A run folder as `reforbert pretrain` leaves it, with two invocations when ``resumed``."""
     folder.mkdir(parents=True)
@@ -458,6 +459,7 @@ def write_stage_run(
         "max_steps": 8000 if fitted_to_budget else 4200,
         "schedule_steps": 4200,
         "compile": True,
+        "precision": precision,
     }
     if fitted_to_budget:
         settings["schedule_fitted_to_time_budget"] = True
@@ -529,9 +531,11 @@ def test_release_card_rebuilds_each_stage_data_draw_and_seed(release, tmp_path: 
 def test_release_card_reproduces_a_fitted_schedule_by_fitting_again(release, tmp_path: Path) -> None:
     """A stage whose schedule was fitted to its budget is rerun with the fit, not its host's fitted length."""
     write_stage_run(tmp_path / "s1", 0.25, resumed=False)
-    write_stage_run(tmp_path / "s2", 0.25, resumed=False, fitted_to_budget=True)
+    write_stage_run(tmp_path / "s2", 0.25, resumed=False, fitted_to_budget=True, precision="fp32")
     stages = [{**release.stage_facts(tmp_path / name), "budget_minutes": 30} for name in ("s1", "s2")]
     first, second = release.reproduce_commands(stages).split("reforbert pretrain ")[1:]
+    # Each stage is rerun at the precision it ran at (the second on a host without bf16 units).
+    assert "--precision bf16 " in first and "--precision fp32 " in second
     assert "--max-steps 4200 --time-budget-minutes 30" in first
     assert "fit-schedule" not in first
     assert "--max-steps 8000 --time-budget-minutes 30 --fit-schedule-to-time-budget" in second

@@ -61,6 +61,8 @@ def stage_facts(run_dir: Path) -> dict:
         "schedule_fitted": settings.get("schedule_fitted_to_time_budget", False),
         "max_steps": settings.get("max_steps", settings["schedule_steps"]),
         "compile": settings.get("compile", False),
+        # Stages ran on different hosts: bf16 autocast where the CPU has bf16 units, fp32 where it has not.
+        "precision": settings["precision"],
         "steps": last["step"],
         "tokens": last["tokens_seen"],
         "minutes": (seconds + last_elapsed) / 60.0,
@@ -163,7 +165,8 @@ def reproduce_commands(stages: list[dict]) -> str:
             f"reforbert pretrain --data {stage['data']} --eval-data heldout{length} --vocab vocab "
             f"--output runs/s{number}{init}{seed_flag(stage['seed'])} \\\n"
             f"    --preset mini --attention full --no-reversible --config hidden_dropout_prob=0.0 "
-            f"--precision bf16 --max-seq-len {length} --mlm-probability {stage['mlm_probability']:g} \\\n"
+            f"--precision {stage['precision']} --max-seq-len {length} "
+            f"--mlm-probability {stage['mlm_probability']:g} \\\n"
             f"    --global-batch-size {stage['global_batch_size']} --micro-batch-size {micro} "
             f"--learning-rate {stage['learning_rate']:g} --warmup-steps {stage['warmup_steps']} {schedule}"
             + (" --compile" if stage["compile"] else "")
